@@ -1,0 +1,42 @@
+// Host-side declarations shared by ops.cpp (checks, allocation, registration) and the kernel
+// files. Kernels work on the flat storage of dense tensors: pointers + element count.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "sugar_math.h"
+
+namespace sugar {
+
+// Calls f(scalar_t{}) for the four floating dtypes the ops support.
+template <typename F>
+void dispatch_float_types(c10::ScalarType dtype, const char* op, F&& f) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return f(float{});
+    case c10::ScalarType::Double: return f(double{});
+    case c10::ScalarType::Half: return f(c10::Half{});
+    case c10::ScalarType::BFloat16: return f(c10::BFloat16{});
+    default:
+      TORCH_CHECK(false, op, ": expected a float32, float64, float16 or bfloat16 tensor, got ",
+                  c10::toString(dtype));
+  }
+}
+
+// y[i] = relu(x[i])
+void relu_forward_cpu(c10::ScalarType dtype, const void* x, void* y, int64_t n);
+// grad_x[i] = grad_y[i] * g(x[i])
+void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y, const void* x, void* grad_x,
+                       int64_t n, const GradParams& params);
+
+#ifdef SUGAR_WITH_CUDA
+void relu_forward_cuda(c10::ScalarType dtype, const void* x, void* y, int64_t n);
+void relu_backward_cuda(c10::ScalarType dtype, const void* grad_y, const void* x, void* grad_x,
+                        int64_t n, const GradParams& params);
+#endif
+
+}  // namespace sugar

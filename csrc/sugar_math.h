@@ -1,0 +1,133 @@
+// The surrogate math, shared by the CPU kernels (scalar and at::vec::Vectorized) and the CUDA
+// kernels (device scalars). Everything here is written once against a small "Math<T>" trait:
+// arithmetic uses T's operators, comparisons produce Math<T>::Mask, and branches are selects, so
+// the same function body compiles for float, double and SIMD vectors. The formulas are the ones
+// documented in sugar_kernels/surrogates.py (surrogate_derivative), which the tests compare
+// against torch's autograd.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SUGAR_HD __host__ __device__ __forceinline__
+#else
+#define SUGAR_HD inline
+#endif
+
+namespace sugar {
+
+// Order matches the index a name resolves to in parse_surrogate (ops.cpp).
+enum class Surrogate : int32_t { BSiLU, NeLU, ELU, SELU, GELU, SiLU, Mish, LeakyReLU };
+
+struct GradParams {
+  Surrogate surrogate;
+  double alpha;        // ignored by surrogates without a parameter
+  bool negative_only;  // region="negative": g(x) = 1 for x > 0
+};
+
+constexpr double kSeluLambda = 1.0507009873554805;
+constexpr double kSeluAlpha = 1.6732632423543772;
+constexpr double kInvSqrt2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+// s'(x) equals its limit at |x| = 1e4 far below float64 resolution; clamping there turns +-inf
+// into finite inputs (otherwise inf * 0 = NaN). NaN passes through the clamp unchanged.
+constexpr double kDerivativeClamp = 1.0e4;
+
+// Math<T>: the few non-operator functions the formulas need, per value type.
+template <typename T>
+struct Math;
+
+template <>
+struct Math<float> {
+  using Mask = bool;
+  static SUGAR_HD float exp(float x) { return ::expf(x); }
+  static SUGAR_HD float erfc(float x) { return ::erfcf(x); }
+  static SUGAR_HD float abs(float x) { return ::fabsf(x); }
+  static SUGAR_HD float select(bool m, float a, float b) { return m ? a : b; }
+};
+
+template <>
+struct Math<double> {
+  using Mask = bool;
+  static SUGAR_HD double exp(double x) { return ::exp(x); }
+  static SUGAR_HD double erfc(double x) { return ::erfc(x); }
+  static SUGAR_HD double abs(double x) { return ::fabs(x); }
+  static SUGAR_HD double select(bool m, double a, double b) { return m ? a : b; }
+};
+
+// sigma(x), sigma(-x) and e = exp(-|x|), from one exp and without cancellation in 1 - sigma.
+template <typename T>
+struct SigmoidPair {
+  T sig, sig_c, e;
+};
+
+template <typename T>
+SUGAR_HD SigmoidPair<T> sigmoid_pair(T x) {
+  using M = Math<T>;
+  const T e = M::exp(T(0) - M::abs(x));
+  const T inv = T(1) / (T(1) + e);
+  const auto pos = x >= T(0);
+  return {M::select(pos, inv, e * inv), M::select(pos, e * inv, inv), e};
+}
+
+// s'(x) for one surrogate.
+template <typename T>
+SUGAR_HD T surrogate_derivative(T x, Surrogate surrogate, T alpha) {
+  using M = Math<T>;
+  const T one(1), zero(0), lim(kDerivativeClamp);
+  x = M::select(x < T(0) - lim, T(0) - lim, x);
+  x = M::select(x > lim, lim, x);
+  switch (surrogate) {
+    case Surrogate::BSiLU: {
+      const SigmoidPair<T> p = sigmoid_pair(x);
+      return p.sig + (x + alpha) * p.sig * p.sig_c;
+    }
+    case Surrogate::NeLU: {
+      const T d = one + x * x;
+      return M::select(x > zero, one, T(2) * alpha * x / (d * d));
+    }
+    case Surrogate::ELU:
+      return M::select(x > zero, one, alpha * M::exp(x));
+    case Surrogate::SELU:
+      return T(kSeluLambda) * M::select(x > zero, one, T(kSeluAlpha) * M::exp(x));
+    case Surrogate::GELU: {
+      const T cdf = T(0.5) * M::erfc((zero - x) * T(kInvSqrt2));
+      const T pdf = M::exp(T(-0.5) * x * x) * T(kInvSqrt2Pi);
+      return cdf + x * pdf;
+    }
+    case Surrogate::SiLU: {
+      const SigmoidPair<T> p = sigmoid_pair(x);
+      return p.sig * (one + x * p.sig_c);
+    }
+    case Surrogate::Mish: {
+      // tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2), rewritten with e = exp(-|x|).
+      const SigmoidPair<T> p = sigmoid_pair(x);
+      const T e = p.e;
+      const auto pos = x >= zero;
+      const T n = e * (e + T(2));
+      const T den = M::select(pos, one + T(2) * e + T(2) * e * e, n + T(2));
+      const T tanh_sp = M::select(pos, one + T(2) * e, n) / den;
+      const T one_minus = M::select(pos, T(2) * e * e, T(2)) / den;
+      return tanh_sp + x * p.sig * one_minus * (one + tanh_sp);
+    }
+    case Surrogate::LeakyReLU:
+    default:
+      return M::select(x > zero, one, alpha);
+  }
+}
+
+// g(x): what backward multiplies grad_y by (region "all" or "negative").
+template <typename T>
+SUGAR_HD T grad_factor(T x, const GradParams& p) {
+  const T d = surrogate_derivative<T>(x, p.surrogate, T(p.alpha));
+  return p.negative_only ? Math<T>::select(x > T(0), T(1), d) : d;
+}
+
+// Forward: exactly torch.relu (keeps -0.0 and NaN, as clamp_min(x, 0) does).
+template <typename T>
+SUGAR_HD T relu(T x) {
+  return x < T(0) ? T(0) : x;
+}
+
+}  // namespace sugar

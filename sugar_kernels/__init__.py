@@ -1,0 +1,28 @@
+"""sugar-kernels: fused ReLU-forward / surrogate-gradient-backward (SUGAR) kernels."""
+
+from .api import (
+    BACKENDS,
+    SugarReLU,
+    available_backends,
+    build_info,
+    convert,
+    strip,
+    sugar_relu,
+)
+from .reference import paper_formula
+from .surrogates import REGIONS, SURROGATES, grad_factor
+
+__all__ = [
+    "BACKENDS",
+    "REGIONS",
+    "SURROGATES",
+    "SugarReLU",
+    "available_backends",
+    "build_info",
+    "convert",
+    "grad_factor",
+    "paper_formula",
+    "strip",
+    "sugar_relu",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,201 @@
+"""Public API: sugar_relu, SugarReLU, convert, strip, available_backends, build_info."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _ops
+from .reference import ReferenceSugarReLU
+from .surrogates import resolve
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_COMPILED_KEY = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+def _device_type(device) -> str:
+    if device is None:
+        return "cpu"
+    return torch.device(device).type
+
+
+def available_backends(device="cpu") -> list[str]:
+    """Backends that can run tensors on ``device``, in the order ``backend="auto"`` prefers them.
+
+    ``"auto"`` takes the first entry: the compiled kernel for the device when it is built, else
+    the reference. The list shows what a fallback would be, so nothing falls back silently.
+    """
+    dev = _device_type(device)
+    names = []
+    if dev in _COMPILED_KEY and _ops.has_kernel("relu_backward", _COMPILED_KEY[dev]):
+        if dev == "cpu" or torch.cuda.is_available():
+            names.append(dev)
+    names.append("reference")
+    return names
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"sugar_relu expects a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"sugar_relu supports float32, float64, float16 and bfloat16 tensors, got {x.dtype}"
+        )
+
+
+def _resolve_backend(backend: str, x: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    dev = x.device.type
+    if backend == "auto":
+        return available_backends(dev)[0]
+    if backend == "triton":
+        raise RuntimeError("backend 'triton' is not available in this build (not implemented yet)")
+    if backend in _COMPILED_KEY and backend != dev:
+        raise ValueError(f"backend {backend!r} cannot run a tensor on device '{dev}'")
+    if backend not in available_backends(dev):
+        why = _ops.EXTENSION_ERROR or f"the {backend} kernels were not compiled into this build"
+        raise RuntimeError(f"backend {backend!r} is not available: {why}")
+    return backend
+
+
+def sugar_relu(
+    x: torch.Tensor,
+    surrogate: str = "bsilu",
+    *,
+    alpha: float | None = None,
+    region: str = "all",
+    bits: int | None = None,
+    inplace: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """ReLU forward, surrogate-gradient backward (SUGAR).
+
+    Returns ``relu(x)``, bit-identical to ``torch.relu``. Backward computes ``grad_y * g(x)``
+    with g = s' of the chosen surrogate everywhere (``region="all"``) or only for x <= 0
+    (``region="negative"``, g = 1 for x > 0).
+    """
+    surrogate, alpha, region = resolve(surrogate, alpha, region)
+    _check_input(x)
+    if bits is not None:
+        raise ValueError(f"bits={bits!r} is not supported yet; use bits=None (exact)")
+    if inplace:
+        raise ValueError("inplace=True needs a code mode (bits=8/4/2/1): exact mode keeps x")
+    backend = _resolve_backend(backend, x)
+    if backend == "reference":
+        return ReferenceSugarReLU.apply(x, surrogate, alpha, region)
+    return torch.ops.sugar.relu_forward(x, surrogate, alpha, region)
+
+
+class SugarReLU(nn.Module):
+    """Drop-in replacement for ``nn.ReLU``: same forward, surrogate gradient in backward."""
+
+    def __init__(
+        self,
+        surrogate: str = "bsilu",
+        *,
+        alpha: float | None = None,
+        region: str = "all",
+        bits: int | None = None,
+        inplace: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.surrogate, self.alpha, self.region = resolve(surrogate, alpha, region)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+        if inplace and bits is None:
+            raise ValueError("inplace=True needs a code mode (bits=8/4/2/1): exact mode keeps x")
+        self.bits, self.inplace, self.backend = bits, inplace, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sugar_relu(
+            x,
+            self.surrogate,
+            alpha=self.alpha,
+            region=self.region,
+            bits=self.bits,
+            inplace=self.inplace,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"surrogate={self.surrogate!r}"]
+        if _surrogate_has_alpha(self.surrogate):
+            parts.append(f"alpha={self.alpha}")
+        if self.region != "all":
+            parts.append(f"region={self.region!r}")
+        if self.bits is not None:
+            parts.append(f"bits={self.bits}")
+        if self.inplace:
+            parts.append("inplace=True")
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        return ", ".join(parts)
+
+
+def _surrogate_has_alpha(name: str) -> bool:
+    from .surrogates import SURROGATES
+
+    return SURROGATES[name].has_alpha
+
+
+def convert(
+    model: nn.Module, surrogate: str = "bsilu", *, replace=(nn.ReLU,), **kwargs
+) -> nn.Module:
+    """Replace every module of a type in ``replace`` by ``SugarReLU(surrogate, **kwargs)``.
+
+    Works in place on ``model`` and returns it. ``inplace`` is taken from the replaced module
+    (``nn.ReLU(inplace=True)``) only when a code mode (``bits``) is given, since exact mode must
+    keep its input; pass ``inplace=`` explicitly to override.
+    """
+    replace = tuple(replace)
+    SugarReLU(surrogate, **kwargs)  # validate the arguments once, before touching the model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, replace) and not isinstance(child, SugarReLU):
+                args = dict(kwargs)
+                if "inplace" not in args and args.get("bits") is not None:
+                    args["inplace"] = bool(getattr(child, "inplace", False))
+                setattr(parent, name, SugarReLU(surrogate, **args))
+    return model
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Replace every ``SugarReLU`` by ``nn.ReLU`` (same forward) for deployment/export."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SugarReLU):
+                setattr(parent, name, nn.ReLU(inplace=child.inplace))
+    if isinstance(model, SugarReLU):
+        return nn.ReLU(inplace=model.inplace)
+    return model
+
+
+def build_info() -> dict:
+    """What this installation was built with and which kernels it has."""
+    info = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "extension": _ops._C is not None,
+        "extension_error": _ops.EXTENSION_ERROR,
+        "cpu_compiled": _ops.has_kernel("relu_backward", "CPU"),
+        "cuda_compiled": _ops.has_kernel("relu_backward", "CUDA"),
+        "cuda_archs": [],
+        "cuda_available": torch.cuda.is_available(),
+        "triton": None,
+    }
+    if _ops._C is not None:
+        compiled = _ops._C.build_info()
+        archs = compiled.pop("cuda_archs_str")
+        info["cuda_archs"] = [a for a in archs.replace(",", ";").split(";") if a]
+        info["cpu_capability"] = compiled["cpu_capability"]
+        info["built_with_torch"] = compiled["built_with_torch"]
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
