@@ -79,4 +79,38 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y_, const void* x
   });
 }
 
+void relu_forward_codes_cpu(c10::ScalarType dtype, const void* x_, void* y_, uint8_t* codes,
+                            int64_t n, const CodeArgs& args) {
+  dispatch_float_types(dtype, "sugar::relu_forward_codes", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const auto* x = static_cast<const scalar_t*>(x_);
+    auto* y = static_cast<scalar_t*>(y_);
+    const CodeTable<T> table = make_code_table<T>(args);
+    const int64_t bytes = packed_size(n, args.bits);
+    at::parallel_for(0, bytes, kGrainSize * args.bits / 8, [&](int64_t begin, int64_t end) {
+      for (int64_t byte = begin; byte < end; ++byte) {
+        encode_byte(x, y, codes, byte, n, args.bits, table);
+      }
+    });
+  });
+}
+
+void relu_backward_codes_cpu(c10::ScalarType dtype, const void* grad_y_, const uint8_t* codes,
+                             const void* levels_, void* grad_x_, int64_t n, int bits) {
+  dispatch_float_types(dtype, "sugar::relu_backward_codes", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const auto* grad_y = static_cast<const scalar_t*>(grad_y_);
+    const auto* levels = static_cast<const T*>(levels_);
+    auto* grad_x = static_cast<scalar_t*>(grad_x_);
+    at::parallel_for(0, packed_size(n, bits), kGrainSize * bits / 8, [&](int64_t begin,
+                                                                          int64_t end) {
+      for (int64_t byte = begin; byte < end; ++byte) {
+        decode_byte(grad_y, codes, levels, grad_x, byte, n, bits);
+      }
+    });
+  });
+}
+
 }  // namespace sugar

@@ -77,6 +77,48 @@ __global__ void relu_backward_kernel(const scalar_t* __restrict__ grad_y,
   });
 }
 
+// Code modes: one thread per packed byte (8/bits elements); the tables live in shared memory.
+// Bytes per element: forward reads x, writes y and bits/8 of code; backward reads grad_y and
+// bits/8 of code, writes grad_x.
+template <typename scalar_t>
+__global__ void relu_forward_codes_kernel(const scalar_t* x, scalar_t* y,
+                                          uint8_t* __restrict__ codes, int64_t n, int bits,
+                                          CodeTable<opmath_t<scalar_t>> table) {
+  using T = opmath_t<scalar_t>;
+  __shared__ T thresholds[kMaxIntervals];
+  __shared__ uint8_t interval_codes[kMaxIntervals];
+  for (int i = threadIdx.x; i <= table.num_thresholds; i += blockDim.x) {
+    if (i < table.num_thresholds) thresholds[i] = table.thresholds[i];
+    interval_codes[i] = table.interval_codes[i];
+  }
+  __syncthreads();
+  table.thresholds = thresholds;
+  table.interval_codes = interval_codes;
+  const int64_t bytes = (n + 8 / bits - 1) / (8 / bits);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t byte = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; byte < bytes;
+       byte += stride) {
+    encode_byte(x, y, codes, byte, n, bits, table);
+  }
+}
+
+template <typename scalar_t>
+__global__ void relu_backward_codes_kernel(const scalar_t* __restrict__ grad_y,
+                                           const uint8_t* __restrict__ codes,
+                                           const opmath_t<scalar_t>* __restrict__ levels_global,
+                                           scalar_t* __restrict__ grad_x, int64_t n, int bits) {
+  using T = opmath_t<scalar_t>;
+  __shared__ T levels[256];
+  for (int i = threadIdx.x; i < (1 << bits); i += blockDim.x) levels[i] = levels_global[i];
+  __syncthreads();
+  const int64_t bytes = (n + 8 / bits - 1) / (8 / bits);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t byte = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; byte < bytes;
+       byte += stride) {
+    decode_byte(grad_y, codes, levels, grad_x, byte, n, bits);
+  }
+}
+
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 int max_resident_blocks() {
@@ -86,6 +128,12 @@ int max_resident_blocks() {
   return sms * (2048 / kThreads);
 }
 
+int blocks_for(int64_t items) {
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads,
+                                             max_resident_blocks())));
+}
+
 // Calls go(blocks, stream, width) with width = 16 bytes of elements when every pointer is
 // 16-byte aligned, else 1; checks the launch.
 template <typename scalar_t, typename Launch>
@@ -93,8 +141,7 @@ void launch(int64_t n, bool vectorizable, Launch&& go) {
   if (n == 0) return;
   constexpr int kVec = 16 / sizeof(scalar_t);
   const int64_t items = vectorizable ? (n + kVec - 1) / kVec : n;
-  const int blocks = static_cast<int>(
-      std::min<int64_t>((items + kThreads - 1) / kThreads, max_resident_blocks()));
+  const int blocks = blocks_for(items);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (vectorizable) {
     go(blocks, stream, std::integral_constant<int, kVec>{});
@@ -105,6 +152,34 @@ void launch(int64_t n, bool vectorizable, Launch&& go) {
 }
 
 }  // namespace
+
+void relu_forward_codes_cuda(c10::ScalarType dtype, const void* x_, void* y_, uint8_t* codes,
+                             int64_t n, const CodeArgs& args) {
+  if (n == 0) return;
+  dispatch_float_types(dtype, "sugar::relu_forward_codes", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    relu_forward_codes_kernel<scalar_t>
+        <<<blocks_for(packed_size(n, args.bits)), kThreads, 0,
+           c10::cuda::getCurrentCUDAStream()>>>(
+            static_cast<const scalar_t*>(x_), static_cast<scalar_t*>(y_), codes, n, args.bits,
+            make_code_table<opmath_t<scalar_t>>(args));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void relu_backward_codes_cuda(c10::ScalarType dtype, const void* grad_y_, const uint8_t* codes,
+                              const void* levels_, void* grad_x_, int64_t n, int bits) {
+  if (n == 0) return;
+  dispatch_float_types(dtype, "sugar::relu_backward_codes", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    relu_backward_codes_kernel<scalar_t>
+        <<<blocks_for(packed_size(n, bits)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            static_cast<const scalar_t*>(grad_y_), codes,
+            static_cast<const opmath_t<scalar_t>*>(levels_), static_cast<scalar_t*>(grad_x_), n,
+            bits);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
 
 void relu_forward_cuda(c10::ScalarType dtype, const void* x_, void* y_, int64_t n) {
   dispatch_float_types(dtype, "sugar::relu_forward", [&](auto tag) {

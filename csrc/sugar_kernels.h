@@ -33,7 +33,39 @@ void relu_forward_cpu(c10::ScalarType dtype, const void* x, void* y, int64_t n);
 void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y, const void* x, void* grad_x,
                        int64_t n, const GradParams& params);
 
+// Code modes. Tables are in the opmath type (float, or double for float64); `y` may equal `x`.
+constexpr int kMaxIntervals = 1024;  // capacity of the threshold table (codes.py MAX_INTERVALS)
+
+struct CodeArgs {
+  int bits;
+  const void* thresholds;  // opmath type
+  const uint8_t* interval_codes;
+  int num_thresholds;
+};
+
+template <typename T>
+CodeTable<T> make_code_table(const CodeArgs& args) {
+  int top = 1;
+  while (top * 2 <= args.num_thresholds) top *= 2;
+  return {static_cast<const T*>(args.thresholds), args.interval_codes, args.num_thresholds,
+          args.num_thresholds > 0 ? top : 0};
+}
+
+inline int64_t packed_size(int64_t n, int bits) {
+  const int per = 8 / bits;
+  return (n + per - 1) / per;
+}
+
+void relu_forward_codes_cpu(c10::ScalarType dtype, const void* x, void* y, uint8_t* codes,
+                            int64_t n, const CodeArgs& args);
+void relu_backward_codes_cpu(c10::ScalarType dtype, const void* grad_y, const uint8_t* codes,
+                             const void* levels, void* grad_x, int64_t n, int bits);
+
 #ifdef SUGAR_WITH_CUDA
+void relu_forward_codes_cuda(c10::ScalarType dtype, const void* x, void* y, uint8_t* codes,
+                             int64_t n, const CodeArgs& args);
+void relu_backward_codes_cuda(c10::ScalarType dtype, const void* grad_y, const uint8_t* codes,
+                              const void* levels, void* grad_x, int64_t n, int bits);
 void relu_forward_cuda(c10::ScalarType dtype, const void* x, void* y, int64_t n);
 void relu_backward_cuda(c10::ScalarType dtype, const void* grad_y, const void* x, void* grad_x,
                         int64_t n, const GradParams& params);

@@ -130,4 +130,59 @@ SUGAR_HD T relu(T x) {
   return x < T(0) ? T(0) : x;
 }
 
+// ---- Code modes (bits = 8/4/2/1): see sugar_kernels/codes.py for how the tables are built. ----
+// The x axis is cut at sorted `thresholds` into intervals; each interval has a code (the index of
+// the gradient level nearest to g(x) there). Codes are packed 8/bits per byte, element i of the
+// logical tensor in bits [(i % per) * bits, ...) of byte i / per.
+template <typename T>
+struct CodeTable {
+  const T* thresholds;            // num_thresholds sorted values, in the opmath type
+  const uint8_t* interval_codes;  // num_thresholds + 1 codes
+  int num_thresholds;
+  int top_step;  // the largest power of two <= num_thresholds (0 if there are none)
+};
+
+// interval_codes[#{t : t < x}], by a branchless binary search; NaN lands in interval 0.
+template <typename T>
+SUGAR_HD uint8_t code_of(T x, const CodeTable<T>& table) {
+  int below = 0;  // invariant: thresholds[0 .. below) < x
+  for (int step = table.top_step; step > 0; step >>= 1) {
+    const int probe = below + step;
+    if (probe <= table.num_thresholds && table.thresholds[probe - 1] < x) below = probe;
+  }
+  return table.interval_codes[below];
+}
+
+// Forward of one packed byte: y = relu(x) and the byte of codes for elements
+// [byte * per, byte * per + per) (fewer in the last byte). y may alias x (in-place).
+template <typename scalar_t, typename T>
+SUGAR_HD void encode_byte(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t byte, int64_t n,
+                          int bits, const CodeTable<T>& table) {
+  const int per = 8 / bits;
+  const int64_t first = byte * per;
+  const int count = n - first < per ? static_cast<int>(n - first) : per;
+  uint32_t packed = 0;
+  for (int j = 0; j < count; ++j) {
+    const scalar_t v = x[first + j];
+    packed |= static_cast<uint32_t>(code_of(static_cast<T>(v), table)) << (j * bits);
+    y[first + j] = relu(v);
+  }
+  codes[byte] = static_cast<uint8_t>(packed);
+}
+
+// Backward of one packed byte: grad_x = grad_y * levels[code] for its elements.
+template <typename scalar_t, typename T>
+SUGAR_HD void decode_byte(const scalar_t* grad_y, const uint8_t* codes, const T* levels,
+                          scalar_t* grad_x, int64_t byte, int64_t n, int bits) {
+  const int per = 8 / bits;
+  const int64_t first = byte * per;
+  const int count = n - first < per ? static_cast<int>(n - first) : per;
+  const uint32_t packed = codes[byte];
+  const uint32_t mask = (1u << bits) - 1u;
+  for (int j = 0; j < count; ++j) {
+    const T level = levels[(packed >> (j * bits)) & mask];
+    grad_x[first + j] = static_cast<scalar_t>(static_cast<T>(grad_y[first + j]) * level);
+  }
+}
+
 }  // namespace sugar

@@ -6,12 +6,17 @@ import torch
 from torch import nn
 
 from . import _ops
-from .reference import ReferenceSugarReLU
+from ._ops import InplaceCodes
+from .codes import check_bits, tables
+from .reference import ReferenceCodes, ReferenceSugarReLU, reference_backward_codes
+from .reference import reference_forward_codes_ as _reference_forward_codes_
 from .surrogates import resolve
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _COMPILED_KEY = {"cpu": "CPU", "cuda": "CUDA"}
+# Which compiled kernels this build registered (fixed once the extension is imported).
+_COMPILED = {dev: _ops.has_kernel("relu_backward", key) for dev, key in _COMPILED_KEY.items()}
 
 
 def _device_type(device) -> str:
@@ -28,7 +33,7 @@ def available_backends(device="cpu") -> list[str]:
     """
     dev = _device_type(device)
     names = []
-    if dev in _COMPILED_KEY and _ops.has_kernel("relu_backward", _COMPILED_KEY[dev]):
+    if _COMPILED.get(dev, False):
         if dev == "cpu" or torch.cuda.is_available():
             names.append(dev)
     names.append("reference")
@@ -79,13 +84,32 @@ def sugar_relu(
     surrogate, alpha, region = resolve(surrogate, alpha, region)
     _check_input(x)
     if bits is not None:
-        raise ValueError(f"bits={bits!r} is not supported yet; use bits=None (exact)")
-    if inplace:
+        bits = check_bits(bits)
+    elif inplace:
         raise ValueError("inplace=True needs a code mode (bits=8/4/2/1): exact mode keeps x")
     backend = _resolve_backend(backend, x)
+    if bits is None:
+        if backend == "reference":
+            return ReferenceSugarReLU.apply(x, surrogate, alpha, region)
+        return torch.ops.sugar.relu_forward(x, surrogate, alpha, region)
+
+    levels, thresholds, interval_codes = tables(surrogate, alpha, region, bits, x.device, x.dtype)
+    if inplace:
+        forward_op, backward_op = _INPLACE_CODE_OPS[backend]
+        return InplaceCodes.apply(
+            x, levels, thresholds, interval_codes, bits, forward_op, backward_op
+        )[0]
     if backend == "reference":
-        return ReferenceSugarReLU.apply(x, surrogate, alpha, region)
-    return torch.ops.sugar.relu_forward(x, surrogate, alpha, region)
+        return ReferenceCodes.apply(x, levels, thresholds, interval_codes, bits)[0]
+    return torch.ops.sugar.relu_forward_codes(x, levels, thresholds, interval_codes, bits)[0]
+
+
+# (mutating forward, backward) per backend for in-place code mode.
+_INPLACE_CODE_OPS = {
+    "cpu": (torch.ops.sugar.relu_forward_codes_, torch.ops.sugar.relu_backward_codes),
+    "cuda": (torch.ops.sugar.relu_forward_codes_, torch.ops.sugar.relu_backward_codes),
+    "reference": (_reference_forward_codes_, reference_backward_codes),
+}
 
 
 class SugarReLU(nn.Module):
@@ -105,7 +129,9 @@ class SugarReLU(nn.Module):
         self.surrogate, self.alpha, self.region = resolve(surrogate, alpha, region)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-        if inplace and bits is None:
+        if bits is not None:
+            bits = check_bits(bits)
+        elif inplace:
             raise ValueError("inplace=True needs a code mode (bits=8/4/2/1): exact mode keeps x")
         self.bits, self.inplace, self.backend = bits, inplace, backend
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .codes import decode_reference, encode_reference
 from .surrogates import grad_factor, surrogate_function
 
 
@@ -50,3 +51,34 @@ class ReferenceSugarReLU(torch.autograd.Function):
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
         return reference_backward(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region), None, None, None
+
+
+# ---- code modes -------------------------------------------------------------------------------
+def reference_forward_codes_(x, levels, thresholds, interval_codes, bits):
+    """In-place reference: codes of x (as the kernels compute them), then x <- relu(x)."""
+    codes = encode_reference(x, thresholds, interval_codes, bits)
+    x.copy_(torch.relu(x))
+    return codes
+
+
+def reference_backward_codes(grad_y, codes, levels, bits):
+    return decode_reference(grad_y, codes, levels, bits)
+
+
+class ReferenceCodes(torch.autograd.Function):
+    """The "reference" backend in a code mode: torch.relu forward, codes from encode_reference."""
+
+    @staticmethod
+    def forward(x, levels, thresholds, interval_codes, bits):
+        return torch.relu(x), encode_reference(x, thresholds, interval_codes, bits)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, levels, _, _, ctx.bits = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1], levels)
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_codes):
+        codes, levels = ctx.saved_tensors
+        return decode_reference(grad_y, codes, levels, ctx.bits), None, None, None, None
