@@ -9,11 +9,13 @@ from .api import (
     strip,
     sugar_relu,
 )
+from .codes import BITS, levels, quantizer
 from .reference import paper_formula
 from .surrogates import REGIONS, SURROGATES, grad_factor
 
 __all__ = [
     "BACKENDS",
+    "BITS",
     "REGIONS",
     "SURROGATES",
     "SugarReLU",
@@ -21,7 +23,9 @@ __all__ = [
     "build_info",
     "convert",
     "grad_factor",
+    "levels",
     "paper_formula",
+    "quantizer",
     "strip",
     "sugar_relu",
 ]
