@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "sugar_kernels.h"
@@ -79,6 +80,40 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y_, const void* x
   });
 }
 
+namespace {
+
+// Forward of one block of kBlock elements (a whole number of packed bytes) with SIMD: the binary
+// search of interval_of() on Vectorized lanes (gathers), then packing. Float opmath only.
+template <typename scalar_t>
+void encode_block_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int bits,
+                       const CodeTable<float>& table) {
+  using V = at::vec::Vectorized<float>;
+  using VI = at::vec::Vectorized<int32_t>;
+  static_assert(VI::size() == V::size(), "gather needs one int32 lane per float lane");
+  constexpr int kBlock = V::size() > 8 ? V::size() : 8;
+  int32_t interval[kBlock];
+  for (int v = 0; v < kBlock; v += V::size()) {
+    const V xv = load(x + v, V::size());
+    VI below(0);
+    for (int step = table.top_step; step > 0; step >>= 1) {
+      const V t = at::vec::gather<sizeof(float)>(table.thresholds, below + VI(step - 1));
+      below = below + (VI(step) & at::vec::cast<int32_t>(t < xv));
+    }
+    below.store(interval + v);
+  }
+  const int per = 8 / bits;
+  for (int byte = 0; byte < kBlock / per; ++byte) {
+    uint32_t packed = 0;
+    for (int j = 0; j < per; ++j) {
+      packed |= static_cast<uint32_t>(table.interval_codes[interval[byte * per + j]]) << (j * bits);
+    }
+    codes[byte] = static_cast<uint8_t>(packed);
+  }
+  for (int j = 0; j < kBlock; ++j) y[j] = relu(x[j]);
+}
+
+}  // namespace
+
 void relu_forward_codes_cpu(c10::ScalarType dtype, const void* x_, void* y_, uint8_t* codes,
                             int64_t n, const CodeArgs& args) {
   dispatch_float_types(dtype, "sugar::relu_forward_codes", [&](auto tag) {
@@ -86,9 +121,24 @@ void relu_forward_codes_cpu(c10::ScalarType dtype, const void* x_, void* y_, uin
     using T = at::opmath_type<scalar_t>;
     const auto* x = static_cast<const scalar_t*>(x_);
     auto* y = static_cast<scalar_t*>(y_);
-    const CodeTable<T> table = make_code_table<T>(args);
+    T padded[kMaxIntervals];
+    const CodeTable<T> table = make_code_table<T>(args, padded);
+    const int per = 8 / args.bits;
     const int64_t bytes = packed_size(n, args.bits);
-    at::parallel_for(0, bytes, kGrainSize * args.bits / 8, [&](int64_t begin, int64_t end) {
+    // SIMD blocks of kBlock elements; the rest (and float64) byte by byte.
+    constexpr int64_t kBlock = std::is_same_v<T, float> ? std::max<int64_t>(8, at::vec::Vectorized<float>::size()) : 0;
+    const int64_t blocks = kBlock ? n / kBlock : 0;
+    const int64_t bytes_per_block = kBlock * args.bits / 8;
+    at::parallel_for(0, blocks, kGrainSize / 8, [&](int64_t begin, int64_t end) {
+      if constexpr (std::is_same_v<T, float>) {
+        for (int64_t b = begin; b < end; ++b) {
+          encode_block_simd(x + b * kBlock, y + b * kBlock, codes + b * bytes_per_block,
+                            args.bits, table);
+        }
+      }
+    });
+    at::parallel_for(blocks * bytes_per_block, bytes, kGrainSize / per,
+                     [&](int64_t begin, int64_t end) {
       for (int64_t byte = begin; byte < end; ++byte) {
         encode_byte(x, y, codes, byte, n, args.bits, table);
       }

@@ -83,17 +83,21 @@ __global__ void relu_backward_kernel(const scalar_t* __restrict__ grad_y,
 template <typename scalar_t>
 __global__ void relu_forward_codes_kernel(const scalar_t* x, scalar_t* y,
                                           uint8_t* __restrict__ codes, int64_t n, int bits,
-                                          CodeTable<opmath_t<scalar_t>> table) {
+                                          const opmath_t<scalar_t>* __restrict__ thresholds_global,
+                                          const uint8_t* __restrict__ interval_codes_global,
+                                          int num_thresholds) {
   using T = opmath_t<scalar_t>;
   __shared__ T thresholds[kMaxIntervals];
   __shared__ uint8_t interval_codes[kMaxIntervals];
-  for (int i = threadIdx.x; i <= table.num_thresholds; i += blockDim.x) {
-    if (i < table.num_thresholds) thresholds[i] = table.thresholds[i];
-    interval_codes[i] = table.interval_codes[i];
+  const int top = table_top_step(num_thresholds);
+  for (int i = threadIdx.x; i < 2 * top - 1; i += blockDim.x) {
+    thresholds[i] = i < num_thresholds ? thresholds_global[i] : std::numeric_limits<T>::infinity();
+  }
+  for (int i = threadIdx.x; i <= num_thresholds; i += blockDim.x) {
+    interval_codes[i] = interval_codes_global[i];
   }
   __syncthreads();
-  table.thresholds = thresholds;
-  table.interval_codes = interval_codes;
+  const CodeTable<T> table{thresholds, interval_codes, top};
   const int64_t bytes = (n + 8 / bits - 1) / (8 / bits);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t byte = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; byte < bytes;
@@ -162,7 +166,8 @@ void relu_forward_codes_cuda(c10::ScalarType dtype, const void* x_, void* y_, ui
         <<<blocks_for(packed_size(n, args.bits)), kThreads, 0,
            c10::cuda::getCurrentCUDAStream()>>>(
             static_cast<const scalar_t*>(x_), static_cast<scalar_t*>(y_), codes, n, args.bits,
-            make_code_table<opmath_t<scalar_t>>(args));
+            static_cast<const opmath_t<scalar_t>*>(args.thresholds), args.interval_codes,
+            args.num_thresholds);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

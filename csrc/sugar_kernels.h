@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <limits>
 
 #include "sugar_math.h"
 
@@ -43,12 +44,15 @@ struct CodeArgs {
   int num_thresholds;
 };
 
+// Copies the thresholds into `padded` (2 * top - 1 entries, +inf beyond the real ones).
 template <typename T>
-CodeTable<T> make_code_table(const CodeArgs& args) {
-  int top = 1;
-  while (top * 2 <= args.num_thresholds) top *= 2;
-  return {static_cast<const T*>(args.thresholds), args.interval_codes, args.num_thresholds,
-          args.num_thresholds > 0 ? top : 0};
+CodeTable<T> make_code_table(const CodeArgs& args, T* padded) {
+  const int top = table_top_step(args.num_thresholds);
+  const T* src = static_cast<const T*>(args.thresholds);
+  for (int i = 0; i < 2 * top - 1; ++i) {
+    padded[i] = i < args.num_thresholds ? src[i] : std::numeric_limits<T>::infinity();
+  }
+  return {padded, args.interval_codes, top};
 }
 
 inline int64_t packed_size(int64_t n, int bits) {

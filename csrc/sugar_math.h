@@ -136,21 +136,32 @@ SUGAR_HD T relu(T x) {
 // logical tensor in bits [(i % per) * bits, ...) of byte i / per.
 template <typename T>
 struct CodeTable {
-  const T* thresholds;            // num_thresholds sorted values, in the opmath type
-  const uint8_t* interval_codes;  // num_thresholds + 1 codes
-  int num_thresholds;
-  int top_step;  // the largest power of two <= num_thresholds (0 if there are none)
+  const T* thresholds;            // sorted, padded with +inf to 2 * top_step - 1 entries
+  const uint8_t* interval_codes;  // one code per interval (#real thresholds + 1)
+  int top_step;  // half the smallest power of two > #real thresholds (0 if there are none)
 };
 
-// interval_codes[#{t : t < x}], by a branchless binary search; NaN lands in interval 0.
+// top_step for `count` thresholds: the table is padded to 2 * top_step - 1 >= count entries.
+SUGAR_HD int table_top_step(int count) {
+  int size = 1;
+  while (size < count + 1) size *= 2;
+  return size / 2;
+}
+
+// interval_codes[#{t : t < x}] by a branchless binary search over the padded table (the +inf
+// padding is never below x); NaN compares false everywhere and lands in interval 0.
 template <typename T>
-SUGAR_HD uint8_t code_of(T x, const CodeTable<T>& table) {
+SUGAR_HD int interval_of(T x, const CodeTable<T>& table) {
   int below = 0;  // invariant: thresholds[0 .. below) < x
   for (int step = table.top_step; step > 0; step >>= 1) {
-    const int probe = below + step;
-    if (probe <= table.num_thresholds && table.thresholds[probe - 1] < x) below = probe;
+    if (table.thresholds[below + step - 1] < x) below += step;
   }
-  return table.interval_codes[below];
+  return below;
+}
+
+template <typename T>
+SUGAR_HD uint8_t code_of(T x, const CodeTable<T>& table) {
+  return table.interval_codes[interval_of(x, table)];
 }
 
 // Forward of one packed byte: y = relu(x) and the byte of codes for elements
