@@ -126,7 +126,8 @@ class SugarReLU(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        self.surrogate, self.alpha, self.region = resolve(surrogate, alpha, region)
+        self.surrogate, alpha, self.region = resolve(surrogate, alpha, region)
+        self.alpha = alpha if _surrogate_has_alpha(self.surrogate) else None
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
         if bits is not None:
