@@ -173,19 +173,25 @@ def convert(
 ) -> nn.Module:
     """Replace every module of a type in ``replace`` by ``SugarReLU(surrogate, **kwargs)``.
 
-    Works in place on ``model`` and returns it. ``inplace`` is taken from the replaced module
-    (``nn.ReLU(inplace=True)``) only when a code mode (``bits``) is given, since exact mode must
-    keep its input; pass ``inplace=`` explicitly to override.
+    Works in place on ``model`` and returns it (a bare activation module comes back replaced).
+    ``inplace`` is taken from the replaced module (``nn.ReLU(inplace=True)``) only when a code
+    mode (``bits``) is given, since exact mode must keep its input; pass ``inplace=`` to override.
     """
     replace = tuple(replace)
     SugarReLU(surrogate, **kwargs)  # validate the arguments once, before touching the model
+
+    def replacement(child: nn.Module) -> SugarReLU:
+        args = dict(kwargs)
+        if "inplace" not in args and args.get("bits") is not None:
+            args["inplace"] = bool(getattr(child, "inplace", False))
+        return SugarReLU(surrogate, **args)
+
+    if isinstance(model, replace) and not isinstance(model, SugarReLU):
+        return replacement(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, replace) and not isinstance(child, SugarReLU):
-                args = dict(kwargs)
-                if "inplace" not in args and args.get("bits") is not None:
-                    args["inplace"] = bool(getattr(child, "inplace", False))
-                setattr(parent, name, SugarReLU(surrogate, **args))
+                setattr(parent, name, replacement(child))
     return model
 
 
