@@ -22,7 +22,7 @@ $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
 	touch $@
 
 test: install
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q tests --ignore=tests/triton_interpret
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q tests/triton_interpret
 
 bench: install

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import triton_kernels
+
 from . import _ops
 from ._ops import InplaceCodes
 from .codes import check_bits, tables
@@ -15,8 +17,10 @@ from .surrogates import resolve
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _COMPILED_KEY = {"cpu": "CPU", "cuda": "CUDA"}
-# Which compiled kernels this build registered (fixed once the extension is imported).
+# Which compiled kernels this build registered (fixed once the extension is imported), and
+# whether Triton can run each device's tensors (fixed when triton_kernels is imported).
 _COMPILED = {dev: _ops.has_kernel("relu_backward", key) for dev, key in _COMPILED_KEY.items()}
+_TRITON_STATUS = {dev: triton_kernels.triton_status(dev) for dev in ("cpu", "cuda")}
 
 
 def _device_type(device) -> str:
@@ -28,14 +32,17 @@ def _device_type(device) -> str:
 def available_backends(device="cpu") -> list[str]:
     """Backends that can run tensors on ``device``, in the order ``backend="auto"`` prefers them.
 
-    ``"auto"`` takes the first entry: the compiled kernel for the device when it is built, else
-    the reference. The list shows what a fallback would be, so nothing falls back silently.
+    ``"auto"`` takes the first entry: the compiled C++/CUDA kernel for the device when it is
+    built, else Triton where it can run (CUDA, or CPU under ``TRITON_INTERPRET=1``), else the
+    pure-PyTorch reference. The list shows what a fallback would be: nothing falls back silently.
     """
     dev = _device_type(device)
     names = []
     if _COMPILED.get(dev, False):
         if dev == "cpu" or torch.cuda.is_available():
             names.append(dev)
+    if _TRITON_STATUS.get(dev, (False, ""))[0]:
+        names.append("triton")
     names.append("reference")
     return names
 
@@ -56,7 +63,10 @@ def _resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         return available_backends(dev)[0]
     if backend == "triton":
-        raise RuntimeError("backend 'triton' is not available in this build (not implemented yet)")
+        ok, why = _TRITON_STATUS.get(dev, (False, f"Triton does not run tensors on '{dev}'"))
+        if not ok:
+            raise RuntimeError(f"backend 'triton' is not available for '{dev}' tensors: {why}")
+        return backend
     if backend in _COMPILED_KEY and backend != dev:
         raise ValueError(f"backend {backend!r} cannot run a tensor on device '{dev}'")
     if backend not in available_backends(dev):
@@ -91,25 +101,30 @@ def sugar_relu(
     if bits is None:
         if backend == "reference":
             return ReferenceSugarReLU.apply(x, surrogate, alpha, region)
+        if backend == "triton":
+            return triton_kernels.sugar_relu_triton(x, surrogate, alpha, region)
         return torch.ops.sugar.relu_forward(x, surrogate, alpha, region)
 
     levels, thresholds, interval_codes = tables(surrogate, alpha, region, bits, x.device, x.dtype)
-    if inplace:
-        forward_op, backward_op = _INPLACE_CODE_OPS[backend]
-        return InplaceCodes.apply(
-            x, levels, thresholds, interval_codes, bits, forward_op, backward_op
-        )[0]
     if backend == "reference":
-        return ReferenceCodes.apply(x, levels, thresholds, interval_codes, bits)[0]
-    return torch.ops.sugar.relu_forward_codes(x, levels, thresholds, interval_codes, bits)[0]
-
-
-# (mutating forward, backward) per backend for in-place code mode.
-_INPLACE_CODE_OPS = {
-    "cpu": (torch.ops.sugar.relu_forward_codes_, torch.ops.sugar.relu_backward_codes),
-    "cuda": (torch.ops.sugar.relu_forward_codes_, torch.ops.sugar.relu_backward_codes),
-    "reference": (_reference_forward_codes_, reference_backward_codes),
-}
+        forward_op, forward_inplace_op, backward_op = (
+            ReferenceCodes.apply,
+            _reference_forward_codes_,
+            reference_backward_codes,
+        )
+    elif backend == "triton":
+        forward_op, forward_inplace_op, backward_op = triton_kernels.code_ops()
+    else:
+        forward_op, forward_inplace_op, backward_op = (
+            torch.ops.sugar.relu_forward_codes,
+            torch.ops.sugar.relu_forward_codes_,
+            torch.ops.sugar.relu_backward_codes,
+        )
+    if inplace:
+        return InplaceCodes.apply(
+            x, levels, thresholds, interval_codes, bits, forward_inplace_op, backward_op
+        )[0]
+    return forward_op(x, levels, thresholds, interval_codes, bits)[0]
 
 
 class SugarReLU(nn.Module):

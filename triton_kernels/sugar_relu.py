@@ -1,0 +1,416 @@
+"""SUGAR in Triton: ReLU forward and surrogate-gradient backward, registered with triton_op.
+
+The surrogate math lives in this module once: one ``@triton.jit`` helper per surrogate and
+``grad_factor``, which dispatches on a compile-time surrogate id and region flag. The formulas are
+the ones of ``sugar_kernels/surrogates.py`` (``surrogate_derivative``) and ``csrc/sugar_math.h``:
+|x| clamped to 1e4 (NaN passes through), sigmoid from one exp, mish without overflow, x <= 0 the
+negative side. Arithmetic is float32 for half/bfloat16/float32 inputs and float64 for float64.
+
+Two kernels, each beside its launcher (``<name>_kernel`` / ``<name>``), walk dense tensors as
+flat storage like the C++ host code: dense inputs of any dim order (contiguous, channels_last,
+transposed) keep their layout, others are made contiguous first.
+
+The ops ``sugar::triton_relu_forward`` / ``sugar::triton_relu_backward`` have the same schemas as
+``sugar::relu_forward`` / ``sugar::relu_backward``; autograd is registered on the forward op.
+
+Under ``TRITON_INTERPRET=1`` (CPU tensors, for CI without a GPU) the autotuner gets one config and
+erfc, which the interpreter does not provide, is computed from erf (see ``_erfc``); the
+interpreter cannot be traced by torch.compile (use a GPU for that).
+"""
+
+import math
+import struct
+
+import torch
+import triton
+import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.library import triton_op, wrap_triton
+from triton.language.extra import libdevice
+from triton.runtime.interpreter import InterpretedFunction
+
+
+@triton.jit
+def _interpret_probe():
+    pass
+
+
+# True when triton.jit builds interpreter functions (TRITON_INTERPRET=1 at import time).
+INTERPRET = isinstance(_interpret_probe, InterpretedFunction)
+# The same flag as a compile-time constant for the kernels (torch.compile copies tl.constexpr
+# globals into its generated code).
+_INTERPRET = tl.constexpr(INTERPRET)
+
+# Order matches sugar::Surrogate in csrc/sugar_math.h.
+SURROGATE_IDS = {
+    "bsilu": 0,
+    "nelu": 1,
+    "elu": 2,
+    "selu": 3,
+    "gelu": 4,
+    "silu": 5,
+    "mish": 6,
+    "leaky_relu": 7,
+}
+REGIONS = ("all", "negative")
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# Float constants are tl.constexpr so that float64 kernels get them in float64 (a Python float
+# meeting a float64 tensor is materialised in float64) and torch.compile copies them along.
+_SELU_LAMBDA = tl.constexpr(1.0507009873554805)
+_SELU_ALPHA = tl.constexpr(1.6732632423543772)
+_INV_SQRT2 = tl.constexpr(0.70710678118654752440)
+_INV_SQRT_2PI = tl.constexpr(0.39894228040143267794)
+# s'(x) equals its limit at |x| = 1e4 far below float64 resolution; clamping turns +-inf into
+# finite inputs (inf * 0 would give NaN). NaN passes through the clamp.
+_DERIVATIVE_CLAMP = tl.constexpr(1.0e4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configurations. Tensors of at least AUTOTUNE_MIN_ELEMENTS go through the autotuner
+# (block size x warps, keyed on the element count, and the surrogate for backward). Smaller ones,
+# where launch latency dominates and a benchmark could not tell configs apart, launch the kernel
+# with SMALL_BLOCK_SIZE directly: one compilation per kernel variant instead of one per config.
+# The interpreter gets a single autotune config (nothing to benchmark, and CI time stays low).
+# ---------------------------------------------------------------------------------------------
+AUTOTUNE_CONFIGS = [
+    triton.Config({"BLOCK_SIZE": block}, num_warps=warps)
+    for block, warps in ((1024, 4), (2048, 4), (4096, 8), (8192, 8))
+]
+INTERPRET_CONFIGS = [triton.Config({"BLOCK_SIZE": 2048}, num_warps=4)]
+CONFIGS = INTERPRET_CONFIGS if INTERPRET else AUTOTUNE_CONFIGS
+SMALL_BLOCK_SIZE = 1024  # launched with Triton's default num_warps=4 (= AUTOTUNE_CONFIGS[0])
+AUTOTUNE_MIN_ELEMENTS = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# The surrogate math: x is in opmath (float32 or float64), already clamped to [-1e4, 1e4].
+# ---------------------------------------------------------------------------------------------
+# (Comments, not docstrings, inside jit functions: torch.compile pastes their source into a
+# string literal of its generated code.)
+@triton.jit
+def _sigmoid_pair(x):
+    # (sigma(x), sigma(-x), e) with e = exp(-|x|), from one exp, without cancellation.
+    e = tl.exp(0 - tl.abs(x))
+    inv = 1 / (1 + e)
+    pos = x >= 0
+    return tl.where(pos, inv, e * inv), tl.where(pos, e * inv, inv), e
+
+
+@triton.jit
+def _erfc(x):
+    if _INTERPRET:
+        # The interpreter has no erfc. 1 - erf(x) is off by ~1 ulp(1) (6e-8 in float32) in
+        # absolute terms, so for x < ~-3 the gelu derivative (~ x pdf there, tiny) loses its
+        # relative accuracy; the absolute part of the test bound (1e-6 |grad_out|) covers that.
+        # Compiled kernels use libdevice erfc, accurate over the whole range.
+        return 1 - tl.erf(x)
+    else:
+        return libdevice.erfc(x)  # CUDA libdevice erfcf / erfc, as in csrc/
+
+
+@triton.jit
+def bsilu_grad(x, alpha):
+    sig, sig_c, _ = _sigmoid_pair(x)
+    return sig + (x + alpha) * sig * sig_c
+
+
+@triton.jit
+def nelu_grad(x, alpha):
+    d = 1 + x * x
+    return tl.where(x > 0, 1, 2 * alpha * x / (d * d))
+
+
+@triton.jit
+def elu_grad(x, alpha):
+    return tl.where(x > 0, 1, alpha * tl.exp(x))
+
+
+@triton.jit
+def selu_grad(x):
+    return _SELU_LAMBDA * tl.where(x > 0, 1, _SELU_ALPHA * tl.exp(x))
+
+
+@triton.jit
+def gelu_grad(x):
+    cdf = 0.5 * _erfc((0 - x) * _INV_SQRT2)
+    pdf = tl.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return cdf + x * pdf
+
+
+@triton.jit
+def silu_grad(x):
+    sig, sig_c, _ = _sigmoid_pair(x)
+    return sig * (1 + x * sig_c)
+
+
+@triton.jit
+def mish_grad(x):
+    # tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2), rewritten with e = exp(-|x|) so that
+    # nothing overflows and 1 - tanh is computed without cancellation.
+    sig, _, e = _sigmoid_pair(x)
+    pos = x >= 0
+    n = e * (e + 2)
+    den = tl.where(pos, 1 + 2 * e + 2 * e * e, n + 2)
+    tanh_sp = tl.where(pos, 1 + 2 * e, n) / den
+    one_minus = tl.where(pos, 2 * e * e, 2) / den
+    return tanh_sp + x * sig * one_minus * (1 + tanh_sp)
+
+
+@triton.jit
+def leaky_relu_grad(x, alpha):
+    return tl.where(x > 0, 1, alpha)
+
+
+@triton.jit
+def grad_factor(x, alpha, SURROGATE: tl.constexpr, NEGATIVE_ONLY: tl.constexpr):
+    # g(x): the derivative of surrogate number SURROGATE; 1 for x > 0 when NEGATIVE_ONLY.
+    xc = tl.where(x < -_DERIVATIVE_CLAMP, -_DERIVATIVE_CLAMP, x)
+    xc = tl.where(xc > _DERIVATIVE_CLAMP, _DERIVATIVE_CLAMP, xc)  # NaN passes through
+    if SURROGATE == 0:
+        d = bsilu_grad(xc, alpha)
+    elif SURROGATE == 1:
+        d = nelu_grad(xc, alpha)
+    elif SURROGATE == 2:
+        d = elu_grad(xc, alpha)
+    elif SURROGATE == 3:
+        d = selu_grad(xc)
+    elif SURROGATE == 4:
+        d = gelu_grad(xc)
+    elif SURROGATE == 5:
+        d = silu_grad(xc)
+    elif SURROGATE == 6:
+        d = mish_grad(xc)
+    else:
+        d = leaky_relu_grad(xc, alpha)
+    if NEGATIVE_ONLY:
+        d = tl.where(x > 0, 1, d)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward: y = relu(x), bit-identical to torch.relu
+# ---------------------------------------------------------------------------------------------
+# Bytes per element: reads x, writes y (2 * element_size: 8 for float32, 4 for half/bfloat16).
+@triton.jit
+def relu_forward_kernel(x_ptr, y_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
+    offsets = start + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    x = tl.load(x_ptr + offsets, mask=mask)
+    # x < 0 ? 0 : x keeps -0.0 and NaN (with its payload), exactly like torch.relu.
+    tl.store(y_ptr + offsets, tl.where(x < 0, 0, x), mask=mask)
+
+
+relu_forward_kernel_autotuned = triton.autotune(configs=CONFIGS, key=["n_elements"])(
+    relu_forward_kernel
+)
+
+
+def relu_forward(x: torch.Tensor) -> torch.Tensor:
+    """Launch relu_forward_kernel on x (walked as flat dense storage); y has x's layout."""
+    xd = _dense(x)
+    y = torch.empty_like(xd)
+    n = xd.numel()
+    if n > 0 and _runs_kernels(xd):
+        if n >= AUTOTUNE_MIN_ELEMENTS:
+            wrap_triton(relu_forward_kernel_autotuned)[_grid(n)](xd, y, n)
+        else:
+            grid = (triton.cdiv(n, SMALL_BLOCK_SIZE),)
+            wrap_triton(relu_forward_kernel)[grid](xd, y, n, BLOCK_SIZE=SMALL_BLOCK_SIZE)
+    return y
+
+
+def _grid(n_elements: int):
+    return lambda meta: (triton.cdiv(n_elements, meta["BLOCK_SIZE"]),)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward: grad_x = grad_y * g(x), in opmath, rounded once to x's dtype
+# ---------------------------------------------------------------------------------------------
+# Bytes per element: reads grad_y and x, writes grad_x (3 * element_size: 12 for float32, 6 for
+# half/bfloat16, 24 for float64).
+@triton.jit
+def relu_backward_kernel(
+    grad_y_ptr,
+    x_ptr,
+    grad_x_ptr,
+    n_elements,
+    alpha_hi,
+    alpha_lo,
+    SURROGATE: tl.constexpr,
+    NEGATIVE_ONLY: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
+    offsets = start + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    x = tl.load(x_ptr + offsets, mask=mask)
+    g = tl.load(grad_y_ptr + offsets, mask=mask)
+    if x.dtype == tl.float64:
+        # alpha = alpha_hi + alpha_lo (two float32 values, see _alpha_parts): exact to ~2^-48.
+        alpha = tl.cast(alpha_hi, tl.float64) + tl.cast(alpha_lo, tl.float64)
+    else:
+        # float32 opmath; alpha_hi is alpha rounded to float32, as in csrc (float(alpha)).
+        x = x.to(tl.float32)
+        g = g.to(tl.float32)
+        alpha = tl.cast(alpha_hi, tl.float32)
+    grad_x = g * grad_factor(x, alpha, SURROGATE, NEGATIVE_ONLY)
+    tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+relu_backward_kernel_autotuned = triton.autotune(configs=CONFIGS, key=["n_elements", "SURROGATE"])(
+    relu_backward_kernel
+)
+
+
+def relu_backward(
+    grad_y: torch.Tensor, x: torch.Tensor, surrogate: str, alpha: float, region: str
+) -> torch.Tensor:
+    """Launch relu_backward_kernel; grad_x has the layout of dense x (grad_y is copied into it
+    when its strides differ, e.g. an expanded gradient from ``.sum().backward()``)."""
+    surrogate_id, negative_only = _parse_params(surrogate, alpha, region)
+    xd = _dense(x)
+    gd = _laid_out_like(grad_y, xd)
+    grad_x = torch.empty_like(xd)
+    n = xd.numel()
+    if n > 0 and _runs_kernels(xd):
+        alpha_hi, alpha_lo = _alpha_parts(alpha)
+        args = (gd, xd, grad_x, n, alpha_hi, alpha_lo)
+        flags = {"SURROGATE": surrogate_id, "NEGATIVE_ONLY": negative_only}
+        if n >= AUTOTUNE_MIN_ELEMENTS:
+            wrap_triton(relu_backward_kernel_autotuned)[_grid(n)](*args, **flags)
+        else:
+            grid = (triton.cdiv(n, SMALL_BLOCK_SIZE),)
+            wrap_triton(relu_backward_kernel)[grid](*args, **flags, BLOCK_SIZE=SMALL_BLOCK_SIZE)
+    return grad_x
+
+
+# ---------------------------------------------------------------------------------------------
+# Host helpers
+# ---------------------------------------------------------------------------------------------
+def _runs_kernels(t: torch.Tensor) -> bool:
+    """False for fake and meta tensors under the interpreter: there wrap_triton hands back the raw
+    kernel (it cannot trace interpreted ones), so shape propagation through this function (the
+    op's fake kernel) must not launch it. Compiled kernels are traced by wrap_triton instead."""
+    return not (INTERPRET and (isinstance(t, FakeTensor) or t.is_meta))
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """True if t's elements fill one block of memory without overlap, in any dim order
+    (at::Tensor::is_non_overlapping_and_dense, which Python does not expose)."""
+    if t.numel() <= 1:
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """t if its elements fill one block of memory (any dim order), else a contiguous copy."""
+    return t if _is_dense(t) else t.contiguous()
+
+
+def _laid_out_like(t: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+    """t with exactly the strides of the dense tensor ``layout`` (same element order)."""
+    if t.stride() == layout.stride() and _is_dense(t):
+        return t
+    out = torch.empty_like(layout)
+    out.copy_(t)
+    return out
+
+
+def _alpha_parts(alpha: float) -> tuple[float, float]:
+    """alpha as float32 hi + lo parts: Triton passes Python floats to kernels as float32 (or as
+    float64 under torch.compile), so a float64 kernel rebuilds alpha from two exact parts."""
+    hi = _to_float32(alpha)
+    return hi, _to_float32(alpha - hi)
+
+
+_FLOAT32_OVERFLOW = 2.0**128 * (1 - 2.0**-25)  # the smallest value rounding to float32 inf
+
+
+def _to_float32(v: float) -> float:
+    """v rounded to the nearest float32 (pure Python: also runs while tracing with fake tensors)."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def _parse_params(surrogate: str, alpha: float, region: str) -> tuple[int, bool]:
+    if surrogate not in SURROGATE_IDS:
+        raise ValueError(
+            f"sugar: unknown surrogate {surrogate!r}; valid surrogates: {', '.join(SURROGATE_IDS)}"
+        )
+    if not math.isfinite(alpha):
+        raise ValueError(f"sugar: alpha must be finite, got {alpha}")
+    if not abs(alpha) < _FLOAT32_OVERFLOW:  # alpha travels as float32 parts (_alpha_parts)
+        raise ValueError(f"sugar: the Triton kernels need |alpha| < 2^128, got {alpha}")
+    if region not in REGIONS:
+        raise ValueError(f"sugar: unknown region {region!r}; valid regions: {', '.join(REGIONS)}")
+    return SURROGATE_IDS[surrogate], region == "negative"
+
+
+def _check_tensor(t: torch.Tensor, op: str, what: str) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{op}: {what} must be float32, float64, float16 or bfloat16, got {t.dtype}"
+        )
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and INTERPRET:
+        return
+    if t.device.type == "meta":  # shape propagation only; no kernel runs
+        return
+    raise RuntimeError(
+        f"{op}: Triton cannot run {what} on device '{t.device}' here: Triton kernels need a CUDA "
+        "device, or CPU tensors with TRITON_INTERPRET=1 set before triton_kernels is imported"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom ops (same schemas as sugar::relu_forward / sugar::relu_backward)
+# ---------------------------------------------------------------------------------------------
+@triton_op("sugar::triton_relu_forward", mutates_args=())
+def triton_relu_forward(x: torch.Tensor, surrogate: str, alpha: float, region: str) -> torch.Tensor:
+    _check_tensor(x, "sugar::triton_relu_forward", "x")
+    _parse_params(surrogate, alpha, region)  # errors surface at forward time, as in csrc/
+    return relu_forward(x)
+
+
+@triton_op("sugar::triton_relu_backward", mutates_args=())
+def triton_relu_backward(
+    grad_y: torch.Tensor, x: torch.Tensor, surrogate: str, alpha: float, region: str
+) -> torch.Tensor:
+    op = "sugar::triton_relu_backward"
+    _check_tensor(x, op, "x")
+    if grad_y.shape != x.shape:
+        raise RuntimeError(
+            f"{op}: grad_y has shape {tuple(grad_y.shape)} but x has shape {tuple(x.shape)}"
+        )
+    if grad_y.dtype != x.dtype:
+        raise TypeError(f"{op}: grad_y is {grad_y.dtype} but x is {x.dtype}")
+    if grad_y.device != x.device:
+        raise RuntimeError(f"{op}: grad_y is on {grad_y.device} but x is on {x.device}")
+    return relu_backward(grad_y, x, surrogate, alpha, region)
+
+
+def _setup_context(ctx, inputs, output):
+    x, ctx.surrogate, ctx.alpha, ctx.region = inputs
+    ctx.save_for_backward(x)
+
+
+def _backward(ctx, grad_y):
+    (x,) = ctx.saved_tensors
+    grad_x = torch.ops.sugar.triton_relu_backward(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region)
+    return grad_x, None, None, None
+
+
+triton_relu_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sugar_relu_triton(x: torch.Tensor, surrogate: str, alpha: float, region: str) -> torch.Tensor:
+    """relu(x) forward, grad_y * g(x) backward, through the Triton ops (arguments validated by
+    the caller, alpha already filled in)."""
+    return torch.ops.sugar.triton_relu_forward(x, surrogate, float(alpha), region)
