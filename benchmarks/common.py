@@ -1,0 +1,353 @@
+"""Timing and bookkeeping shared by the benchmarks.
+
+Timing method (the same for every provider, so numbers are comparable side by side):
+
+* CPU: ``time.perf_counter_ns`` around each single call, after warm-up calls; garbage collection
+  is off while timing; anything a call needs prepared (a fresh input for an in-place op) is made
+  by ``setup`` outside the timed region.
+* GPU: one pair of CUDA events around each single call, recorded on the current stream, with the
+  L2 cache flushed (a 256 MB buffer zeroed) before every call, outside the events; all events are
+  read after one synchronisation. This is what ``triton.testing.do_bench`` does, done here by hand
+  because in-place providers need a per-call ``setup`` and because providers are interleaved.
+* ``interleaved`` runs every case of a group in rounds (case order rotated each round), so slow
+  drift of the machine (other jobs, clocks, temperature) hits every provider alike.
+
+Summary statistics are the median and the 20th/80th percentiles of the per-call times.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import gc
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class Stats:
+    """Per-call times in seconds and their summary."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def reps(self) -> int:
+        return len(self.samples)
+
+    def quantile_ms(self, q: float) -> float:
+        return float(np.percentile(np.asarray(self.samples), q)) * 1e3 if self.samples else math.nan
+
+    @property
+    def median_ms(self) -> float:
+        return self.quantile_ms(50)
+
+    @property
+    def p20_ms(self) -> float:
+        return self.quantile_ms(20)
+
+    @property
+    def p80_ms(self) -> float:
+        return self.quantile_ms(80)
+
+
+def gbps(nbytes: float, ms: float) -> float:
+    """Effective bandwidth in GB/s (10^9 bytes per second)."""
+    return nbytes / (ms * 1e-3) / 1e9 if ms and ms > 0 else math.nan
+
+
+# --------------------------------------------------------------------------- timers
+
+Setup = Callable[[], tuple] | None
+
+
+class Timer:
+    """Times single calls on one device (see the module docstring for the method)."""
+
+    def __init__(self, device: str | torch.device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self._flush = None
+        if self.cuda:
+            self._flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=self.device)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def time(self, fn: Callable, setup: Setup = None, reps: int = 1) -> list[float]:
+        """Seconds taken by each of ``reps`` calls ``fn(*setup())``."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return (
+                self._time_cuda(fn, setup, reps) if self.cuda else self._time_cpu(fn, setup, reps)
+            )
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    @staticmethod
+    def _time_cpu(fn, setup, reps):
+        out = []
+        clock = time.perf_counter_ns
+        for _ in range(reps):
+            args = setup() if setup is not None else ()
+            t0 = clock()
+            result = fn(*args)
+            t1 = clock()
+            del result, args
+            out.append((t1 - t0) * 1e-9)
+        return out
+
+    def _time_cuda(self, fn, setup, reps):
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for i in range(reps):
+            args = setup() if setup is not None else ()
+            self._flush.zero_()
+            starts[i].record()
+            result = fn(*args)
+            ends[i].record()
+            del result, args
+        torch.cuda.synchronize(self.device)
+        return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
+
+
+@dataclass
+class Case:
+    """One thing to time: ``fn(*setup())``; ``setup`` (optional) runs outside the timed region."""
+
+    name: str
+    fn: Callable
+    setup: Setup = None
+
+
+def interleaved(
+    timer: Timer,
+    cases: Sequence[Case],
+    *,
+    target_s: float,
+    min_reps: int,
+    max_reps: int,
+    rounds: int,
+    max_case_s: float = math.inf,
+    warmup: int = 3,
+) -> tuple[dict[str, Stats], dict[str, str]]:
+    """Time ``cases`` side by side; returns ({name: Stats}, {name: error for cases that failed}).
+
+    Each case is warmed up, its per-call time estimated, and given
+    ``clamp(target_s / estimate, min_reps, max_reps)`` repetitions (fewer, but at least 3, if that
+    would take longer than ``max_case_s``), split evenly over ``rounds`` rounds; within a round
+    every case runs its share, and the order of cases is rotated from round to round.
+    """
+    errors: dict[str, str] = {}
+    reps: dict[str, int] = {}
+    for case in cases:
+        try:
+            est = timer.time(case.fn, case.setup, warmup)
+            timer.sync()
+        except Exception as exc:  # a provider that cannot run this dtype/size: report, go on
+            errors[case.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            continue
+        per_call = max(float(np.median(est)), 1e-7)
+        n = int(min(max_reps, max(min_reps, round(target_s / per_call))))
+        if n * per_call > max_case_s:
+            n = max(3, int(max_case_s / per_call))
+        reps[case.name] = n
+    live = [c for c in cases if c.name in reps]
+    stats = {c.name: Stats() for c in live}
+    rounds = max(1, rounds)
+    for r in range(rounds):
+        shift = r % len(live) if live else 0
+        for case in live[shift:] + live[:shift]:
+            share = math.ceil(reps[case.name] / rounds)
+            stats[case.name].samples.extend(timer.time(case.fn, case.setup, share))
+    timer.sync()
+    return stats, errors
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def git_commit() -> str:
+    """Short commit of the working tree, '+dirty' when it has changes; 'unknown' without git."""
+    if os.environ.get("SUGAR_COMMIT"):
+        return os.environ["SUGAR_COMMIT"]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return "none"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def environment(device: str | torch.device) -> dict[str, str]:
+    """The stamp every CSV row carries."""
+    device = torch.device(device)
+    return {
+        "time_utc": utc_now(),
+        "commit": git_commit(),
+        "device": device.type,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "triton": triton_version(),
+        "cuda": str(torch.version.cuda) if device.type == "cuda" else "",
+        "threads": str(torch.get_num_threads()),
+        "host": platform.node(),
+        "load": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "",
+    }
+
+
+def busy_warning(env: dict) -> str | None:
+    """A warning when other processes were keeping the CPUs busy as the run started."""
+    try:
+        load, cores = float(env["load"]), os.cpu_count() or 1
+    except (KeyError, ValueError):
+        return None
+    if load > 0.5 * cores + 0.5:
+        return (
+            f"warning: load average {load:.1f} on {cores} CPUs when the run started: other "
+            "processes compete for the CPUs, so timings are noisy (multi-threaded ops can "
+            "wait a whole scheduler slice, ~10 ms, for a busy core); rerun on a quiet machine"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def append_csv(path: str | Path, rows: list[dict], fields: Sequence[str]) -> Path:
+    """Append ``rows`` to the CSV at ``path`` (header written when new).
+
+    If the file exists with a different header (an older schema), rows go to a sibling file
+    ``<stem>.v2<suffix>`` instead of mixing schemas; the path actually written is returned.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(fields)
+    if path.exists() and path.stat().st_size > 0:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != fields:
+            alt = path.with_name(f"{path.stem}.v2{path.suffix}")
+            print(f"note: {path} has another column layout; appending to {alt} instead")
+            if alt != path:
+                return append_csv(alt, rows, fields)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], align: str = "") -> str:
+    """A GitHub-flavoured Markdown table; ``align`` is a string of 'l'/'r' per column."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence], align: str = "") -> str:
+    """A fixed-width plain-text table for the terminal."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def fmt(row):
+        return "  ".join(
+            c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align)
+        ).rstrip()
+
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def fmt_num(value: float, digits: int = 3) -> str:
+    """Compact number: 3 significant digits, '-' for NaN."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if value == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(value)))
+    decimals = max(0, digits - 1 - mag)
+    return f"{value:.{decimals}f}"
+
+
+def size_label(n: int) -> str:
+    """2^k for powers of two, else the number."""
+    if n > 0 and n & (n - 1) == 0:
+        return f"2^{n.bit_length() - 1}"
+    return str(n)

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The ONE script for a lent GPU (an H200 with its own image: torch 2.11, triton 3.6, nvcc 13.0,
+# no package downloads). From the repository root, on that machine:
+#
+#     bash benchmarks/gpu_suite.sh
+#
+# 1. builds the extension for sm_90 with the image's torch (pip install --no-build-isolation
+#    --no-deps --no-index -e ., TORCH_CUDA_ARCH_LIST=9.0) and checks the CUDA kernels load;
+# 2. runs the CUDA and Triton tests (tests/test_triton_gpu.py, and the cuda-marked tests in tests/);
+# 3. the full GPU micro sweep (2^28 down to 2^16, float32 and bfloat16), then the memory table;
+# 4. prints a short table last (the largest size, and the issue-5 targets).
+#
+# Everything finishes in under 8 minutes: each step runs under `timeout`, with a budget taken from
+# what is left of SUITE_BUDGET seconds (default 450); the micro sweep also stops starting new groups
+# before its budget ends, so its CSV and plot are kept. Outputs go to $OUT when it is set (the
+# device tool brings them back), else to results/gpu/: suite.log (everything printed),
+# micro.csv, micro_cuda.png, memory.md. Exit status: 0 when every step passed, 1 otherwise.
+#
+# SUITE_STEPS picks steps (default "build tests micro memory"): on a machine still warm from an
+# earlier call (the built extension is kept), SUITE_STEPS="micro memory" gives the benchmarks the
+# whole budget. The micro sweep compiles the paper formula with dynamic shapes here (one compile
+# per dtype; size hints from 2^28, the first size) to fit the budget; `python -m benchmarks.micro`
+# alone uses static shapes (one compile per size).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT_DIR="${OUT:-results/gpu}"
+mkdir -p "$OUT_DIR"
+exec > >(tee -a "$OUT_DIR/suite.log") 2>&1
+TEE_PID=$!
+finish() {  # let tee write its last lines before the script ends
+    exec 1>&- 2>&-
+    wait "$TEE_PID" 2>/dev/null
+    exit "$1"
+}
+
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+export TORCH_CUDA_ARCH_LIST="9.0"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+export SUGAR_REQUIRE_CUDA=1  # a GPU machine must build the CUDA kernels, never fall back silently
+START=$(date +%s)
+DEADLINE=$((START + ${SUITE_BUDGET:-450}))
+FAILED=()
+STEPS=" ${SUITE_STEPS:-build tests micro memory} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+
+left() { echo $((DEADLINE - $(date +%s))); }
+# budget WANT RESERVE: seconds for the next step, leaving RESERVE for the steps after it.
+budget() {
+    local b=$(($(left) - $2))
+    if ((b > $1)); then b=$1; fi
+    echo "$b"
+}
+# step NAME WANT RESERVE CMD...: run CMD under timeout; record a failure (124 = timed out).
+step() {
+    local name=$1 want=$2 reserve=$3
+    shift 3
+    local limit
+    limit=$(budget "$want" "$reserve")
+    echo
+    echo "=== $name (limit ${limit} s; $(($(date +%s) - START)) s into the suite)"
+    if ((limit < 10)); then
+        echo "skipped: no time left"
+        FAILED+=("$name(skipped)")
+        return 1
+    fi
+    timeout -k 5 "$limit" "$@"
+    local rc=$?
+    if ((rc == 124 || rc == 137)); then
+        echo "$name: TIMED OUT after ${limit} s"
+        FAILED+=("$name(timeout)")
+    elif ((rc != 0)); then
+        echo "$name: FAILED (exit $rc)"
+        FAILED+=("$name")
+    fi
+    return $rc
+}
+
+echo "=== environment"
+nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not available"
+timeout 30 "$PY" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__,
+'| CUDA', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available()
+else 'NO GPU VISIBLE')"
+
+# 1. build (editable install: the extension lands in sugar_kernels/, next to the sources)
+if want build; then
+    step build 230 200 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . -q
+fi
+step build-check 30 190 "$PY" -c "
+import sugar_kernels as sk
+info = sk.build_info()
+print(info)
+assert info['cuda_compiled'], 'CUDA kernels were not compiled'
+assert sk.available_backends('cuda')[0] == 'cuda', sk.available_backends('cuda')
+print('backends on cuda:', sk.available_backends('cuda'))
+"
+
+# 2. CUDA and Triton tests
+if want tests; then
+    if [[ -f tests/test_triton_gpu.py ]]; then
+        step test-triton-gpu 60 160 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py
+    else
+        echo
+        echo "=== test-triton-gpu: tests/test_triton_gpu.py does not exist yet, skipped"
+    fi
+    step test-cuda 70 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests \
+        --ignore=tests/test_triton_gpu.py
+fi
+
+# 3. benchmarks: the full micro sweep (largest sizes first, so a cut-short run keeps the sizes
+# the targets are about), then the memory table
+if want micro; then
+    micro_limit=$(budget 400 60)
+    step micro "$micro_limit" 60 "$PY" -m benchmarks.micro --device cuda --sizes 28:16 \
+        --dtypes float32,bfloat16 --compile dynamic --csv "$OUT_DIR/micro.csv" \
+        --plot "$OUT_DIR/micro_cuda.png" --max-seconds $((micro_limit > 40 ? micro_limit - 35 : 5))
+fi
+if want memory; then
+    if [[ -f benchmarks/memory.py ]]; then
+        step memory 50 25 bash -c \
+            "set -o pipefail; '$PY' -m benchmarks.memory | tee '$OUT_DIR/memory.md'"
+    else
+        echo
+        echo "=== memory: benchmarks/memory.py does not exist yet, skipped"
+    fi
+fi
+
+# 4. the short table, last
+echo
+echo "=== summary ($(($(date +%s) - START)) s)"
+if [[ -s "$OUT_DIR/micro.csv" ]]; then
+    timeout 25 "$PY" -m benchmarks.micro --summarize "$OUT_DIR/micro.csv"
+else
+    echo "no micro-benchmark results"
+fi
+if ((${#FAILED[@]})); then
+    echo "FAILED steps: ${FAILED[*]}"
+    finish 1
+fi
+echo "all steps passed ($(($(date +%s) - START)) s)"
+finish 0
