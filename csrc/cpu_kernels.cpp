@@ -82,34 +82,60 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y_, const void* x
 
 namespace {
 
-// Forward of one block of kBlock elements (a whole number of packed bytes) with SIMD: the binary
-// search of interval_of() on Vectorized lanes (gathers), then packing. Float opmath only.
-template <typename scalar_t>
-void encode_block_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int bits,
-                       const CodeTable<float>& table) {
+// Forward of one block of kBlock elements (a whole number of packed bytes) with SIMD:
+// interval_of() on Vectorized lanes (gathers), then the codes (gathered from an int32 copy of
+// interval_codes) packed kBits at a time. Float opmath only.
+constexpr int kBlock = at::vec::Vectorized<float>::size() > 8 ? at::vec::Vectorized<float>::size() : 8;
+
+template <int kBits, typename scalar_t>
+void encode_block_simd(const scalar_t* x, scalar_t* y, uint8_t* codes,
+                       const CodeTable<float>& table, const int32_t* interval_codes32) {
   using V = at::vec::Vectorized<float>;
   using VI = at::vec::Vectorized<int32_t>;
   static_assert(VI::size() == V::size(), "gather needs one int32 lane per float lane");
-  constexpr int kBlock = V::size() > 8 ? V::size() : 8;
-  int32_t interval[kBlock];
+  constexpr int kPer = 8 / kBits;
+  int32_t code[kBlock];
+  const V lo(table.lo), inv_width(table.inv_width), zero(0.f), last(kSearchBuckets - 1);
+  const auto* bucket_start = reinterpret_cast<const float*>(table.bucket_start);
+  const auto* codes32 = reinterpret_cast<const float*>(interval_codes32);
   for (int v = 0; v < kBlock; v += V::size()) {
     const V xv = load(x + v, V::size());
-    VI below(0);
-    for (int step = table.top_step; step > 0; step >>= 1) {
-      const V t = at::vec::gather<sizeof(float)>(table.thresholds, below + VI(step - 1));
-      below = below + (VI(step) & at::vec::cast<int32_t>(t < xv));
+    // interval_of() on all lanes: bucket, its first candidate, then `scan` comparisons.
+    V u = (xv - lo) * inv_width;
+    u = V::blendv(zero, u, u > zero);  // NaN -> 0
+    u = V::blendv(u, last, u > last);
+    const VI bucket = at::vec::convert_to_int_of_same_size(u);
+    const VI first = at::vec::cast<int32_t>(at::vec::gather<sizeof(float)>(bucket_start, bucket));
+    VI below = first;
+    for (int k = 0; k < table.scan; ++k) {
+      const V t = at::vec::gather<sizeof(float)>(table.thresholds, first + VI(k));
+      below = below - at::vec::cast<int32_t>(t < xv);  // a true lane is -1
     }
-    below.store(interval + v);
+    at::vec::cast<int32_t>(at::vec::gather<sizeof(float)>(codes32, below)).store(code + v);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      V::blendv(xv, zero, xv < zero).store(y + v);  // relu(): keeps -0.0 and NaN
+    }
   }
-  const int per = 8 / bits;
-  for (int byte = 0; byte < kBlock / per; ++byte) {
+  if constexpr (!std::is_same_v<scalar_t, float>) {
+    for (int j = 0; j < kBlock; ++j) y[j] = relu(x[j]);
+  }
+  for (int byte = 0; byte < kBlock / kPer; ++byte) {
     uint32_t packed = 0;
-    for (int j = 0; j < per; ++j) {
-      packed |= static_cast<uint32_t>(table.interval_codes[interval[byte * per + j]]) << (j * bits);
-    }
+    for (int j = 0; j < kPer; ++j) packed |= static_cast<uint32_t>(code[byte * kPer + j]) << (j * kBits);
     codes[byte] = static_cast<uint8_t>(packed);
   }
-  for (int j = 0; j < kBlock; ++j) y[j] = relu(x[j]);
+}
+
+template <int kBits, typename scalar_t>
+void encode_blocks_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t blocks,
+                        const CodeTable<float>& table, const int32_t* interval_codes32) {
+  constexpr int64_t kBytesPerBlock = kBlock * kBits / 8;
+  at::parallel_for(0, blocks, kGrainSize / kBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      encode_block_simd<kBits>(x + b * kBlock, y + b * kBlock, codes + b * kBytesPerBlock, table,
+                               interval_codes32);
+    }
+  });
 }
 
 }  // namespace
@@ -121,23 +147,23 @@ void relu_forward_codes_cpu(c10::ScalarType dtype, const void* x_, void* y_, uin
     using T = at::opmath_type<scalar_t>;
     const auto* x = static_cast<const scalar_t*>(x_);
     auto* y = static_cast<scalar_t*>(y_);
-    T padded[kMaxIntervals];
+    T padded[kMaxPadded];
     const CodeTable<T> table = make_code_table<T>(args, padded);
-    const int per = 8 / args.bits;
-    const int64_t bytes = packed_size(n, args.bits);
-    // SIMD blocks of kBlock elements; the rest (and float64) byte by byte.
-    constexpr int64_t kBlock = std::is_same_v<T, float> ? std::max<int64_t>(8, at::vec::Vectorized<float>::size()) : 0;
-    const int64_t blocks = kBlock ? n / kBlock : 0;
-    const int64_t bytes_per_block = kBlock * args.bits / 8;
-    at::parallel_for(0, blocks, kGrainSize / 8, [&](int64_t begin, int64_t end) {
-      if constexpr (std::is_same_v<T, float>) {
-        for (int64_t b = begin; b < end; ++b) {
-          encode_block_simd(x + b * kBlock, y + b * kBlock, codes + b * bytes_per_block,
-                            args.bits, table);
-        }
+    // Float opmath: SIMD over whole blocks. The rest (and float64) byte by byte.
+    int64_t blocks = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      int32_t interval_codes32[kMaxIntervals];
+      for (int i = 0; i <= args.num_thresholds; ++i) interval_codes32[i] = args.interval_codes[i];
+      blocks = n / kBlock;
+      switch (args.bits) {
+        case 1: encode_blocks_simd<1>(x, y, codes, blocks, table, interval_codes32); break;
+        case 2: encode_blocks_simd<2>(x, y, codes, blocks, table, interval_codes32); break;
+        case 4: encode_blocks_simd<4>(x, y, codes, blocks, table, interval_codes32); break;
+        default: encode_blocks_simd<8>(x, y, codes, blocks, table, interval_codes32); break;
       }
-    });
-    at::parallel_for(blocks * bytes_per_block, bytes, kGrainSize / per,
+    }
+    const int per = 8 / args.bits;
+    at::parallel_for(blocks * kBlock / per, packed_size(n, args.bits), kGrainSize / per,
                      [&](int64_t begin, int64_t end) {
       for (int64_t byte = begin; byte < end; ++byte) {
         encode_byte(x, y, codes, byte, n, args.bits, table);

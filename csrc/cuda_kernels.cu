@@ -85,19 +85,26 @@ __global__ void relu_forward_codes_kernel(const scalar_t* x, scalar_t* y,
                                           uint8_t* __restrict__ codes, int64_t n, int bits,
                                           const opmath_t<scalar_t>* __restrict__ thresholds_global,
                                           const uint8_t* __restrict__ interval_codes_global,
-                                          int num_thresholds) {
+                                          int num_thresholds,
+                                          const int32_t* __restrict__ search_global) {
   using T = opmath_t<scalar_t>;
-  __shared__ T thresholds[kMaxIntervals];
+  __shared__ T thresholds[kMaxPadded];
   __shared__ uint8_t interval_codes[kMaxIntervals];
-  const int top = table_top_step(num_thresholds);
-  for (int i = threadIdx.x; i < 2 * top - 1; i += blockDim.x) {
+  __shared__ int32_t bucket_start[kSearchBuckets];
+  const int scan = search_global[0];
+  for (int i = threadIdx.x; i < num_thresholds + scan; i += blockDim.x) {
     thresholds[i] = i < num_thresholds ? thresholds_global[i] : std::numeric_limits<T>::infinity();
   }
   for (int i = threadIdx.x; i <= num_thresholds; i += blockDim.x) {
     interval_codes[i] = interval_codes_global[i];
   }
+  for (int i = threadIdx.x; i < kSearchBuckets; i += blockDim.x) {
+    bucket_start[i] = search_global[1 + i];
+  }
   __syncthreads();
-  const CodeTable<T> table{thresholds, interval_codes, top};
+  const CodeTable<T> table{thresholds, interval_codes, bucket_start,
+                           num_thresholds ? thresholds[0] : T(0),
+                           inverse_width(thresholds, num_thresholds), scan};
   const int64_t bytes = (n + 8 / bits - 1) / (8 / bits);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t byte = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; byte < bytes;
@@ -167,7 +174,7 @@ void relu_forward_codes_cuda(c10::ScalarType dtype, const void* x_, void* y_, ui
            c10::cuda::getCurrentCUDAStream()>>>(
             static_cast<const scalar_t*>(x_), static_cast<scalar_t*>(y_), codes, n, args.bits,
             static_cast<const opmath_t<scalar_t>*>(args.thresholds), args.interval_codes,
-            args.num_thresholds);
+            args.num_thresholds, args.search);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

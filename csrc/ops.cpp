@@ -137,7 +137,8 @@ void check_table(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
 }
 
 CodeArgs code_args(const at::Tensor& x, const at::Tensor& levels, const at::Tensor& thresholds,
-                   const at::Tensor& interval_codes, int64_t bits, const char* op) {
+                   const at::Tensor& interval_codes, const at::Tensor& search, int64_t bits,
+                   const char* op) {
   check_float_tensor(x, op, "x");
   check_bits(bits, op);
   const auto opmath = opmath_of(x.scalar_type());
@@ -151,8 +152,12 @@ CodeArgs code_args(const at::Tensor& x, const at::Tensor& levels, const at::Tens
               op, ": expected len(thresholds) + 1 <= ", kMaxIntervals,
               " interval codes, got ", interval_codes.numel(), " for ", thresholds.numel(),
               " thresholds");
+  check_table(search, x, at::kInt, op, "search");
+  TORCH_CHECK(search.numel() == kSearchBuckets + 1, op, ": expected a search table of ",
+              kSearchBuckets + 1, " entries, got ", search.numel());
   return {static_cast<int>(bits), thresholds.const_data_ptr(),
-          interval_codes.const_data_ptr<uint8_t>(), static_cast<int>(thresholds.numel())};
+          interval_codes.const_data_ptr<uint8_t>(), static_cast<int>(thresholds.numel()),
+          search.const_data_ptr<int32_t>()};
 }
 
 // y = relu(xc) and codes of xc, xc contiguous (codes follow the logical element order); y may be xc.
@@ -179,9 +184,9 @@ std::tuple<at::Tensor, at::Tensor> relu_forward_codes(const at::Tensor& x,
                                                       const at::Tensor& levels,
                                                       const at::Tensor& thresholds,
                                                       const at::Tensor& interval_codes,
-                                                      int64_t bits) {
-  const CodeArgs args =
-      code_args(x, levels, thresholds, interval_codes, bits, "sugar::relu_forward_codes");
+                                                      const at::Tensor& search, int64_t bits) {
+  const CodeArgs args = code_args(x, levels, thresholds, interval_codes, search, bits,
+                                  "sugar::relu_forward_codes");
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty_like(xc);
   at::Tensor codes = new_codes(x, bits);
@@ -192,9 +197,9 @@ std::tuple<at::Tensor, at::Tensor> relu_forward_codes(const at::Tensor& x,
 
 at::Tensor relu_forward_codes_(at::Tensor& x, const at::Tensor& levels,
                                const at::Tensor& thresholds, const at::Tensor& interval_codes,
-                               int64_t bits) {
-  const CodeArgs args =
-      code_args(x, levels, thresholds, interval_codes, bits, "sugar::relu_forward_codes_");
+                               const at::Tensor& search, int64_t bits) {
+  const CodeArgs args = code_args(x, levels, thresholds, interval_codes, search, bits,
+                                  "sugar::relu_forward_codes_");
   at::Tensor codes = new_codes(x, bits);
   if (x.is_contiguous()) {
     encode(x, x, codes, args);

@@ -36,23 +36,27 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y, const void* x,
 
 // Code modes. Tables are in the opmath type (float, or double for float64); `y` may equal `x`.
 constexpr int kMaxIntervals = 1024;  // capacity of the threshold table (codes.py MAX_INTERVALS)
+// The padded table holds the thresholds plus `scan` (<= their count) +inf entries.
+constexpr int kMaxPadded = 2 * kMaxIntervals;
 
 struct CodeArgs {
   int bits;
-  const void* thresholds;  // opmath type
+  const void* thresholds;  // opmath type, sorted
   const uint8_t* interval_codes;
   int num_thresholds;
+  const int32_t* search;  // [scan, bucket starts...] (host or device memory, like the tensors)
 };
 
-// Copies the thresholds into `padded` (2 * top - 1 entries, +inf beyond the real ones).
+// Host side (CPU): copies the thresholds into `padded` (num_thresholds + scan entries, +inf
+// beyond the real ones) and derives the bucket mapping from the first and last threshold.
 template <typename T>
 CodeTable<T> make_code_table(const CodeArgs& args, T* padded) {
-  const int top = table_top_step(args.num_thresholds);
   const T* src = static_cast<const T*>(args.thresholds);
-  for (int i = 0; i < 2 * top - 1; ++i) {
-    padded[i] = i < args.num_thresholds ? src[i] : std::numeric_limits<T>::infinity();
-  }
-  return {padded, args.interval_codes, top};
+  const int m = args.num_thresholds;
+  const int scan = args.search[0];
+  for (int i = 0; i < m + scan; ++i) padded[i] = i < m ? src[i] : std::numeric_limits<T>::infinity();
+  return {padded, args.interval_codes, args.search + 1, m ? src[0] : T(0), inverse_width(src, m),
+          scan};
 }
 
 inline int64_t packed_size(int64_t n, int bits) {

@@ -134,28 +134,40 @@ SUGAR_HD T relu(T x) {
 // The x axis is cut at sorted `thresholds` into intervals; each interval has a code (the index of
 // the gradient level nearest to g(x) there). Codes are packed 8/bits per byte, element i of the
 // logical tensor in bits [(i % per) * bits, ...) of byte i / per.
+constexpr int kSearchBuckets = 4096;  // sugar_kernels/codes.py SEARCH_BUCKETS
+
 template <typename T>
 struct CodeTable {
-  const T* thresholds;            // sorted, padded with +inf to 2 * top_step - 1 entries
-  const uint8_t* interval_codes;  // one code per interval (#real thresholds + 1)
-  int top_step;  // half the smallest power of two > #real thresholds (0 if there are none)
+  const T* thresholds;            // sorted, followed by at least `scan` entries of +inf
+  const uint8_t* interval_codes;  // one code per interval (#thresholds + 1)
+  const int32_t* bucket_start;    // kSearchBuckets entries (codes.py search_table)
+  T lo, inv_width;                // bucket of x: (x - lo) * inv_width, clamped
+  int scan;                       // comparisons after bucket_start, the same for every bucket
 };
 
-// top_step for `count` thresholds: the table is padded to 2 * top_step - 1 >= count entries.
-SUGAR_HD int table_top_step(int count) {
-  int size = 1;
-  while (size < count + 1) size *= 2;
-  return size / 2;
+// The bucket mapping's scale: kSearchBuckets over [first, last threshold] (0 if that is empty).
+template <typename T>
+SUGAR_HD T inverse_width(const T* thresholds, int count) {
+  const T span = count ? thresholds[count - 1] - thresholds[0] : T(0);
+  return span > T(0) ? T(kSearchBuckets) / span : T(0);
 }
 
-// interval_codes[#{t : t < x}] by a branchless binary search over the padded table (the +inf
-// padding is never below x); NaN compares false everywhere and lands in interval 0.
+// Which bucket of the search table x falls in; NaN and -inf go to bucket 0.
+template <typename T>
+SUGAR_HD int bucket_of(T x, const CodeTable<T>& table) {
+  T u = (x - table.lo) * table.inv_width;
+  u = u > T(0) ? u : T(0);
+  u = u < T(kSearchBuckets - 1) ? u : T(kSearchBuckets - 1);
+  return static_cast<int>(u);
+}
+
+// #{t : t < x}: start at the bucket's first candidate, add `scan` independent comparisons (the
+// +inf padding is never below x). NaN compares false everywhere and lands in interval 0.
 template <typename T>
 SUGAR_HD int interval_of(T x, const CodeTable<T>& table) {
-  int below = 0;  // invariant: thresholds[0 .. below) < x
-  for (int step = table.top_step; step > 0; step >>= 1) {
-    if (table.thresholds[below + step - 1] < x) below += step;
-  }
+  const int first = table.bucket_start[bucket_of(x, table)];
+  int below = first;
+  for (int k = 0; k < table.scan; ++k) below += table.thresholds[first + k] < x ? 1 : 0;
   return below;
 }
 

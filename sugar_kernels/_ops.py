@@ -17,12 +17,12 @@ SCHEMAS = {
     ),
     # Code modes (sugar_kernels/codes.py): levels/thresholds in the opmath dtype on x's device.
     "relu_forward_codes": (
-        "(Tensor x, Tensor levels, Tensor thresholds, Tensor interval_codes, int bits)"
-        " -> (Tensor, Tensor)"
+        "(Tensor x, Tensor levels, Tensor thresholds, Tensor interval_codes, Tensor search,"
+        " int bits) -> (Tensor, Tensor)"
     ),
     "relu_forward_codes_": (
-        "(Tensor(a!) x, Tensor levels, Tensor thresholds, Tensor interval_codes, int bits)"
-        " -> Tensor"
+        "(Tensor(a!) x, Tensor levels, Tensor thresholds, Tensor interval_codes, Tensor search,"
+        " int bits) -> Tensor"
     ),
     "relu_backward_codes": "(Tensor grad_y, Tensor codes, Tensor levels, int bits) -> Tensor",
 }
@@ -56,12 +56,12 @@ def _codes_fake(x, bits):
 
 
 @torch.library.register_fake(f"{LIBRARY}::relu_forward_codes")
-def _relu_forward_codes_fake(x, levels, thresholds, interval_codes, bits):
+def _relu_forward_codes_fake(x, levels, thresholds, interval_codes, search, bits):
     return torch.empty_like(x), _codes_fake(x, bits)
 
 
 @torch.library.register_fake(f"{LIBRARY}::relu_forward_codes_")
-def _relu_forward_codes_inplace_fake(x, levels, thresholds, interval_codes, bits):
+def _relu_forward_codes_inplace_fake(x, levels, thresholds, interval_codes, search, bits):
     return _codes_fake(x, bits)
 
 
@@ -85,7 +85,7 @@ torch.library.register_autograd(f"{LIBRARY}::relu_forward", _backward, setup_con
 
 
 def _codes_setup_context(ctx, inputs, output):
-    _, levels, _, _, ctx.bits = inputs
+    _, levels, _, _, _, ctx.bits = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1], levels)
 
@@ -93,11 +93,88 @@ def _codes_setup_context(ctx, inputs, output):
 def _codes_backward(ctx, grad_y, _grad_codes):
     codes, levels = ctx.saved_tensors
     grad_x = torch.ops.sugar.relu_backward_codes(grad_y, codes, levels, ctx.bits)
-    return grad_x, None, None, None, None
+    return grad_x, None, None, None, None, None
 
 
 torch.library.register_autograd(
     f"{LIBRARY}::relu_forward_codes", _codes_backward, setup_context=_codes_setup_context
+)
+
+
+# ---- double backward ---------------------------------------------------------------------------
+# The backward ops are differentiable too, so gradient penalties, Hessian-vector products and
+# torch.autograd.gradgradcheck get correct answers instead of the autograd fallback's silent
+# "not used in the graph" / missing gradients. grad_x = grad_y * g(x) is linear in grad_y (its
+# derivative is the same op applied to the incoming gradient) and, in exact mode, has derivative
+# grad_y * g'(x) in x, with g' the surrogate's second derivative (0 where g is constant: x > 0
+# with region "negative", |x| beyond the derivative clamp). In code modes g is piecewise
+# constant in x (codes are not differentiable), so only grad_y gets a gradient.
+def _grad_factor_derivative(x, surrogate, alpha, region):
+    """g'(x) in the opmath dtype, by double autograd of s(x) built from stock PyTorch ops.
+
+    Differentiable itself (create_graph) when grad mode is on, so higher orders stay correct.
+    """
+    from .surrogates import DERIVATIVE_CLAMP, surrogate_function
+
+    op = torch.float64 if x.dtype == torch.float64 else torch.float32
+    create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        t = x.to(op)
+        if not t.requires_grad:
+            t = t.detach().requires_grad_()
+        s = surrogate_function(surrogate)(t, alpha)
+        (ds,) = torch.autograd.grad(s, t, torch.ones_like(s), create_graph=True)
+        (d2s,) = torch.autograd.grad(
+            ds,
+            t,
+            torch.ones_like(ds),
+            create_graph=create,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+    flat = (t.abs() > DERIVATIVE_CLAMP) | ((t > 0) if region == "negative" else False)
+    return torch.where(flat, torch.zeros_like(d2s), d2s)
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad_y, x, ctx.surrogate, ctx.alpha, ctx.region = inputs
+    ctx.save_for_backward(grad_y, x)
+
+
+def _backward_backward(ctx, grad_grad_x):
+    grad_y, x = ctx.saved_tensors
+    args = (ctx.surrogate, ctx.alpha, ctx.region)
+    grad_grad_y = grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_y = torch.ops.sugar.relu_backward(grad_grad_x, x, *args)
+    if ctx.needs_input_grad[1]:
+        d2 = _grad_factor_derivative(x, *args)
+        grad_x = (grad_grad_x.to(d2.dtype) * grad_y.to(d2.dtype) * d2).to(x.dtype)
+    return grad_grad_y, grad_x, None, None, None
+
+
+torch.library.register_autograd(
+    f"{LIBRARY}::relu_backward", _backward_backward, setup_context=_backward_setup_context
+)
+
+
+def _backward_codes_setup_context(ctx, inputs, output):
+    _, codes, levels, ctx.bits = inputs
+    ctx.save_for_backward(codes, levels)
+
+
+def _backward_codes_backward(ctx, grad_grad_x):
+    codes, levels = ctx.saved_tensors
+    grad_grad_y = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_y = torch.ops.sugar.relu_backward_codes(grad_grad_x, codes, levels, ctx.bits)
+    return grad_grad_y, None, None, None
+
+
+torch.library.register_autograd(
+    f"{LIBRARY}::relu_backward_codes",
+    _backward_codes_backward,
+    setup_context=_backward_codes_setup_context,
 )
 
 
@@ -106,25 +183,24 @@ class InplaceCodes(torch.autograd.Function):
 
     ``forward_op`` is the mutating op of the backend (C++ or Triton), ``backward_op`` its
     backward; the autograd engine then raises PyTorch's usual error for a leaf requiring grad.
+    ``apply`` returns the 1-tuple ``(x,)``: the codes stay internal (saved on ``ctx``), because
+    autograd allows a Function that modifies a *view* in place to return only one tensor, and
+    ``nn.ReLU(inplace=True)`` works on views (slices, chunks, ``view``/``flatten`` results).
     """
 
     @staticmethod
-    def forward(x, levels, thresholds, interval_codes, bits, forward_op, backward_op):
-        codes = forward_op(x, levels, thresholds, interval_codes, bits)
-        return x, codes
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, levels, _, _, ctx.bits, _, ctx.backward_op = inputs
+    def forward(ctx, x, levels, thresholds, interval_codes, search, bits, forward_op, backward_op):
+        codes = forward_op(x, levels, thresholds, interval_codes, search, bits)
+        ctx.bits, ctx.backward_op = bits, backward_op
         ctx.mark_dirty(x)
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1], levels)
+        ctx.save_for_backward(codes, levels)
+        return (x,)
 
     @staticmethod
-    def backward(ctx, grad_y, _grad_codes):
+    def backward(ctx, grad_y):
         codes, levels = ctx.saved_tensors
         grad_x = ctx.backward_op(grad_y, codes, levels, ctx.bits)
-        return grad_x, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None, None
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:

@@ -9,7 +9,7 @@ import triton_kernels
 
 from . import _ops
 from ._ops import InplaceCodes
-from .codes import check_bits, tables
+from .codes import check_bits, search_table, tables
 from .reference import ReferenceCodes, ReferenceSugarReLU, reference_backward_codes
 from .reference import reference_forward_codes_ as _reference_forward_codes_
 from .surrogates import resolve
@@ -106,6 +106,7 @@ def sugar_relu(
         return torch.ops.sugar.relu_forward(x, surrogate, alpha, region)
 
     levels, thresholds, interval_codes = tables(surrogate, alpha, region, bits, x.device, x.dtype)
+    search = search_table(surrogate, alpha, region, bits, x.device, x.dtype)
     if backend == "reference":
         forward_op, forward_inplace_op, backward_op = (
             ReferenceCodes.apply,
@@ -122,9 +123,9 @@ def sugar_relu(
         )
     if inplace:
         return InplaceCodes.apply(
-            x, levels, thresholds, interval_codes, bits, forward_inplace_op, backward_op
+            x, levels, thresholds, interval_codes, search, bits, forward_inplace_op, backward_op
         )[0]
-    return forward_op(x, levels, thresholds, interval_codes, bits)[0]
+    return forward_op(x, levels, thresholds, interval_codes, search, bits)[0]
 
 
 class SugarReLU(nn.Module):

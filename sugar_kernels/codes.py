@@ -184,6 +184,37 @@ def tables(
     return _TABLES[key]
 
 
+SEARCH_BUCKETS = 4096  # csrc/sugar_math.h kSearchBuckets
+
+
+@torch.compiler.assume_constant_result
+def search_table(
+    surrogate: str, alpha: float, region: str, bits: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """int32 ``[scan, start_0, ..., start_{B-1}]`` that lets the C++/CUDA kernels find
+    ``#{t : t < x}`` with one table load and ``scan`` independent comparisons instead of a
+    binary search: the kernel maps x to bucket ``j = clamp((x - t[0]) * B / (t[-1] - t[0]),
+    0, B - 1)`` (opmath), starts at ``start_j`` and adds ``t[start_j + k] < x`` for k < scan.
+    Buckets are widened by one on each side, so rounding in the kernel's bucket computation can
+    never make the count wrong: the result is exactly the same count as a binary search.
+    """
+    key = ("search", surrogate, alpha, region, bits, device, dtype)
+    if key not in _TABLES:
+        q = quantizer(surrogate, alpha if SURROGATES[surrogate].has_alpha else None, region, bits)
+        t = torch.tensor(q.thresholds, dtype=opmath(dtype)).double().numpy()  # as kernels see them
+        b = SEARCH_BUCKETS
+        starts = np.zeros(b, dtype=np.int64)
+        scan = len(t)
+        if len(t) and t[-1] > t[0]:
+            width = (t[-1] - t[0]) / b
+            edges = t[0] + width * np.arange(b + 3, dtype=np.float64) - width  # left edge of j-1
+            starts = np.searchsorted(t, edges[:b], side="left")  # #{t < left edge of bucket j-1}
+            ends = np.searchsorted(t, edges[3:], side="right")  # #{t <= right edge of bucket j+1}
+            scan = int((ends - starts).max())
+        _TABLES[key] = torch.tensor([scan, *starts.tolist()], dtype=torch.int32, device=device)
+    return _TABLES[key]
+
+
 def packed_size(numel: int, bits: int) -> int:
     per = 8 // bits
     return (numel + per - 1) // per

@@ -54,8 +54,11 @@ class ReferenceSugarReLU(torch.autograd.Function):
 
 
 # ---- code modes -------------------------------------------------------------------------------
-def reference_forward_codes_(x, levels, thresholds, interval_codes, bits):
-    """In-place reference: codes of x (as the kernels compute them), then x <- relu(x)."""
+def reference_forward_codes_(x, levels, thresholds, interval_codes, search, bits):
+    """In-place reference: codes of x (as the kernels compute them), then x <- relu(x).
+
+    ``search`` (the kernels' lookup accelerator) is accepted for a uniform signature, not needed.
+    """
     codes = encode_reference(x, thresholds, interval_codes, bits)
     x.copy_(torch.relu(x))
     return codes
@@ -69,16 +72,16 @@ class ReferenceCodes(torch.autograd.Function):
     """The "reference" backend in a code mode: torch.relu forward, codes from encode_reference."""
 
     @staticmethod
-    def forward(x, levels, thresholds, interval_codes, bits):
+    def forward(x, levels, thresholds, interval_codes, search, bits):
         return torch.relu(x), encode_reference(x, thresholds, interval_codes, bits)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, levels, _, _, ctx.bits = inputs
+        _, levels, _, _, _, ctx.bits = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(output[1], levels)
 
     @staticmethod
     def backward(ctx, grad_y, _grad_codes):
         codes, levels = ctx.saved_tensors
-        return decode_reference(grad_y, codes, levels, ctx.bits), None, None, None, None
+        return decode_reference(grad_y, codes, levels, ctx.bits), None, None, None, None, None

@@ -116,7 +116,8 @@ def test_pack_unpack_round_trip():
 def test_kernel_codes_bit_identical_to_reference(dtype, bits, name, region):
     x = _special_input(10_007, dtype)
     levels, thr, icodes = C.tables(name, _alpha(name), region, bits, x.device, dtype)
-    y, codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, bits)
+    search = C.search_table(name, _alpha(name), region, bits, x.device, dtype)
+    y, codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, search, bits)
     assert torch.equal(codes, C.encode_reference(x, thr, icodes, bits))
     assert torch.equal(y.view(torch.uint8), torch.relu(x).view(torch.uint8))
 
@@ -222,15 +223,16 @@ def test_inplace_without_bits_raises():
 def test_op_input_checks():
     x = torch.randn(10)
     levels, thr, icodes = C.tables("bsilu", 1.67, "all", 8, x.device, x.dtype)
+    search = C.search_table("bsilu", 1.67, "all", 8, x.device, x.dtype)
     with pytest.raises(ValueError, match="bits must be 1, 2, 4 or 8"):
-        torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, 3)
+        torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, search, 3)
     with pytest.raises(TypeError, match="levels must be Float for Float inputs"):
-        torch.ops.sugar.relu_forward_codes(x, levels.double(), thr, icodes, 8)
+        torch.ops.sugar.relu_forward_codes(x, levels.double(), thr, icodes, search, 8)
     with pytest.raises(RuntimeError, match="2\\*\\*bits"):
-        torch.ops.sugar.relu_forward_codes(x, levels[:4], thr, icodes, 8)
+        torch.ops.sugar.relu_forward_codes(x, levels[:4], thr, icodes, search, 8)
     with pytest.raises(RuntimeError, match="interval codes"):
-        torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes[:-1], 8)
-    codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, 8)[1]
+        torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes[:-1], search, 8)
+    codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, search, 8)[1]
     with pytest.raises(RuntimeError, match="codes hold"):
         torch.ops.sugar.relu_backward_codes(torch.ones(11), codes, levels, 8)
 
@@ -241,12 +243,15 @@ def test_op_input_checks():
 def test_opcheck_code_ops(bits):
     for x in (torch.randn(37), torch.randn(3, 5, 4).transpose(0, 2)):
         levels, thr, icodes = C.tables("bsilu", 1.67, "all", bits, x.device, x.dtype)
+        search = C.search_table("bsilu", 1.67, "all", bits, x.device, x.dtype)
         xr = x.clone().requires_grad_()
-        torch.library.opcheck(torch.ops.sugar.relu_forward_codes, (xr, levels, thr, icodes, bits))
         torch.library.opcheck(
-            torch.ops.sugar.relu_forward_codes_, (x.clone(), levels, thr, icodes, bits)
+            torch.ops.sugar.relu_forward_codes, (xr, levels, thr, icodes, search, bits)
         )
-        codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, bits)[1]
+        torch.library.opcheck(
+            torch.ops.sugar.relu_forward_codes_, (x.clone(), levels, thr, icodes, search, bits)
+        )
+        codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, search, bits)[1]
         torch.library.opcheck(
             torch.ops.sugar.relu_backward_codes, (torch.randn_like(x), codes, levels, bits)
         )
