@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/util/string_view.h>
 #include <torch/library.h>
 
 #ifdef SUGAR_WITH_CUDA
@@ -70,10 +71,14 @@ at::Tensor laid_out_like(const at::Tensor& t, const at::Tensor& layout) {
   return at::empty_like(layout).copy_(t);
 }
 
-at::Tensor relu_forward(const at::Tensor& x, std::string_view surrogate, double alpha,
-                        std::string_view region) {
+// Schema `str` arguments arrive as c10::string_view (std::string_view in recent torch, its own
+// class in torch <= 2.7); both convert through data() and size().
+std::string_view view_of(c10::string_view s) { return {s.data(), s.size()}; }
+
+at::Tensor relu_forward(const at::Tensor& x, c10::string_view surrogate, double alpha,
+                        c10::string_view region) {
   check_float_tensor(x, "sugar::relu_forward", "x");
-  parse_params(surrogate, alpha, region);  // validated here so errors surface at forward time
+  parse_params(view_of(surrogate), alpha, view_of(region));  // errors surface at forward time
   const at::Tensor xd = dense(x);
   at::Tensor y = at::empty_like(xd);
   if (xd.is_cuda()) {
@@ -88,8 +93,8 @@ at::Tensor relu_forward(const at::Tensor& x, std::string_view surrogate, double 
 }
 
 at::Tensor relu_backward(const at::Tensor& grad_y, const at::Tensor& x,
-                         std::string_view surrogate, double alpha, std::string_view region) {
-  const GradParams params = parse_params(surrogate, alpha, region);
+                         c10::string_view surrogate, double alpha, c10::string_view region) {
+  const GradParams params = parse_params(view_of(surrogate), alpha, view_of(region));
   check_float_tensor(x, "sugar::relu_backward", "x");
   TORCH_CHECK(grad_y.sizes() == x.sizes(), "sugar::relu_backward: grad_y has shape ",
               grad_y.sizes(), " but x has shape ", x.sizes());
