@@ -5,6 +5,10 @@ float32/bfloat16/float16/float64 against the float64 oracle, layouts, the autotu
 than 2^31 elements, the full opcheck, torch.compile(fullgraph=True) through the triton_op, and
 agreement with the CUDA extension when it is built. Kernel variants are compiled once per
 (dtype, surrogate, region): the parametrisation below keeps that to ~50 compilations.
+
+Code modes (bits=8/4/2/1, in-place): codes bit-identical to encode_reference and to the CUDA
+extension's, gradients bit-identical to decode_reference, for every dtype (one kernel variant per
+dtype x bits), the same checks through torch.compile(fullgraph=True).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import torch
 
 import sugar_kernels as sk
 import triton_kernels
+from sugar_kernels import codes as C
 from sugar_kernels.surrogates import resolve
 from tests.helpers import (
+    INT_VIEW,
     SURROGATE_ALPHAS,
     assert_bitwise_equal,
     assert_grad_close,
@@ -199,3 +205,183 @@ def test_compile_fullgraph(shape, layout):
     grad_y = grad_out * w
     ref = oracle_grad(grad_y, x0, "bsilu", None, "negative")
     assert_grad_close(x.grad, ref, grad_y, msg="compiled backward")
+
+
+# ---- code modes (bits = 8/4/2/1) ---------------------------------------------------------------
+CODE_FORWARD, CODE_FORWARD_, CODE_BACKWARD = triton_kernels.code_ops()
+# A smooth g in both regions, the longest search scan (nelu negative), a one-threshold table.
+CODE_CONFIGS = [("bsilu", "all"), ("gelu", "negative"), ("nelu", "negative"), ("leaky_relu", "all")]
+
+
+def code_tables(surrogate: str, region: str, bits: int, dtype: torch.dtype):
+    """(levels, thresholds, interval_codes, search) on the GPU: the code ops' table arguments."""
+    alpha = sk.SURROGATES[surrogate].alpha or 0.0
+    device = torch.device(DEVICE)
+    levels, thresholds, interval_codes = C.tables(surrogate, alpha, region, bits, device, dtype)
+    search = C.search_table(surrogate, alpha, region, bits, device, dtype)
+    return levels, thresholds, interval_codes, search
+
+
+def code_input(dtype: torch.dtype, thresholds: torch.Tensor) -> torch.Tensor:
+    """mixed_input (special values, ragged sizes, 1000003 values) plus every threshold rounded to
+    dtype and its two neighbours in dtype (bit pattern +-1), where a wrong comparison shows."""
+    t = thresholds.to(dtype).view(INT_VIEW[dtype])
+    probes = torch.cat([t, t + 1, t - 1]).view(dtype)
+    return torch.cat([mixed_input(dtype), probes])
+
+
+def assert_codes_equal(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
+    assert actual.dtype == torch.uint8 and actual.shape == expected.shape, msg
+    if not torch.equal(actual, expected):
+        bad = (actual != expected).nonzero().flatten()[:5]
+        raise AssertionError(
+            f"{msg}: {int((actual != expected).sum())} code bytes differ; first at bytes "
+            f"{bad.tolist()}: {actual[bad].tolist()} != {expected[bad].tolist()}"
+        )
+
+
+def check_codes(x: torch.Tensor, table, bits: int, msg: str = "") -> None:
+    """Functional op with autograd, bit for bit: codes vs encode_reference and the CUDA
+    extension, y vs torch.relu, grad_x vs decode_reference and the extension's backward."""
+    levels, thresholds, interval_codes, _ = table
+    xr = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    y, codes = CODE_FORWARD(xr, *table, bits)
+    ref_codes = C.encode_reference(x, thresholds, interval_codes, bits)
+    assert_codes_equal(codes, ref_codes, f"{msg} vs encode_reference")
+    assert_bitwise_equal(y, torch.relu(x), f"{msg} forward")
+    grad_y = grad_output_for(y)
+    y.backward(grad_y)
+    ref_grad = C.decode_reference(grad_y, ref_codes, levels, bits)
+    assert_bitwise_equal(xr.grad, ref_grad, f"{msg} grad vs decode_reference")
+    if HAS_CUDA_EXTENSION:
+        ext_y, ext_codes = torch.ops.sugar.relu_forward_codes(x, *table, bits)
+        assert_codes_equal(codes, ext_codes, f"{msg} vs CUDA extension")
+        assert y.stride() == ext_y.stride(), msg
+        ext_grad = torch.ops.sugar.relu_backward_codes(grad_y, ext_codes, levels, bits)
+        assert_bitwise_equal(xr.grad, ext_grad, f"{msg} grad vs CUDA extension")
+
+
+@pytest.mark.parametrize("bits", C.BITS)
+@pytest.mark.parametrize("config", CODE_CONFIGS, ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str
+)
+def test_codes_match_reference_and_cuda_extension(dtype, config, bits):
+    table = code_tables(*config, bits, dtype)
+    check_codes(code_input(dtype, table[1]), table, bits, f"{dtype} {config} {bits} bits")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "name", ["size-1", "size-7", "transposed", "sliced", "channels_last", "0-dim", "empty"]
+)
+def test_codes_layouts(name, dtype):
+    x = dict(sample_inputs(DEVICE, dtype))[name]
+    check_codes(x, code_tables("bsilu", "negative", 2, dtype), 2, name)
+
+
+@pytest.mark.parametrize("bits", [8, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_codes_autotuned_path(dtype, bits):
+    """Tensors of at least AUTOTUNE_MIN_ELEMENTS go through triton.autotune."""
+    n = sugar_relu.AUTOTUNE_MIN_ELEMENTS + 3
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(n, generator=g, dtype=torch.float64) * 3).to(dtype).to(DEVICE)
+    check_codes(x, code_tables("selu", "all", bits, dtype), bits, "autotuned")
+
+
+@pytest.mark.parametrize("name", ["size-1023", "transposed", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_codes_inplace(dtype, name):
+    """relu(x) written into x (same storage and layout), codes of x before: the extension's."""
+    x0 = dict(sample_inputs(DEVICE, dtype))[name]
+    table = code_tables("gelu", "all", 4, dtype)
+    x = x0.clone(memory_format=torch.preserve_format)
+    ptr = x.data_ptr()
+    codes = CODE_FORWARD_(x, *table, 4)
+    assert x.data_ptr() == ptr and x.stride() == x0.stride()
+    assert_bitwise_equal(x, torch.relu(x0), "in place")
+    assert_codes_equal(codes, C.encode_reference(x0, table[1], table[2], 4), name)
+    if HAS_CUDA_EXTENSION:
+        x_ext = x0.clone(memory_format=torch.preserve_format)
+        assert_codes_equal(codes, torch.ops.sugar.relu_forward_codes_(x_ext, *table, 4), "ext")
+
+
+def test_codes_more_than_2_31_elements():
+    """64-bit offsets: codes and gradients past element (and byte) 2^31 (bfloat16, 8 bits)."""
+    n = 2**31 + 4096 + 7
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip(f"needs ~24 GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    g = torch.Generator(device=DEVICE).manual_seed(8)
+    x = torch.randn(n, generator=g, device=DEVICE, dtype=torch.bfloat16) * 3
+    levels, thresholds, interval_codes, search = code_tables("bsilu", "all", 8, torch.bfloat16)
+    y, codes = CODE_FORWARD(x, levels, thresholds, interval_codes, search, 8)
+    grad_y = torch.randn(n, generator=g, device=DEVICE, dtype=torch.bfloat16)
+    grad_x = CODE_BACKWARD(grad_y, codes, levels, 8)
+    for lo in (0, 2**31 - 5000, n - 10000):
+        sl = slice(lo, lo + 10000)  # 8 bits: byte i is element i
+        ref = C.encode_reference(x[sl], thresholds, interval_codes, 8)
+        assert_codes_equal(codes[sl], ref, f"codes at {lo}")
+        assert_bitwise_equal(y[sl], torch.relu(x[sl]), f"forward at {lo}")
+        ref_grad = C.decode_reference(grad_y[sl], ref, levels, 8)
+        assert_bitwise_equal(grad_x[sl], ref_grad, f"backward at {lo}")
+    del x, y, codes, grad_y, grad_x
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("name", ["2d-contiguous", "channels_last"])
+@pytest.mark.parametrize("bits", [8, 2])
+def test_codes_opcheck(bits, name):
+    x = dict(sample_inputs(DEVICE, torch.float32))[name]
+    table = code_tables("bsilu", "all", bits, torch.float32)
+    torch.library.opcheck(CODE_FORWARD, (x.clone().requires_grad_(), *table, bits))
+    torch.library.opcheck(CODE_FORWARD_, (x.clone(), *table, bits))
+    codes = C.encode_reference(x, table[1], table[2], bits)
+    torch.library.opcheck(
+        CODE_BACKWARD, (grad_output_for(x).requires_grad_(), codes, table[0], bits)
+    )
+
+
+@pytest.mark.parametrize(
+    "shape,bits,inplace",
+    [
+        ((8, 16, 24, 40), 8, False),
+        ((8, 16, 24, 40), 2, True),
+        ((sugar_relu.AUTOTUNE_MIN_ELEMENTS + 5,), 4, False),
+        ((sugar_relu.AUTOTUNE_MIN_ELEMENTS + 5,), 1, True),
+    ],
+    ids=["channels_last-8", "channels_last-2-inplace", "autotuned-4", "autotuned-1-inplace"],
+)
+def test_compile_fullgraph_codes(shape, bits, inplace):
+    """sugar_relu(..., bits, inplace, backend="triton") under torch.compile: no graph break, and
+    the same values, codes-derived gradients included, as eager (bit for bit)."""
+    g = torch.Generator().manual_seed(12)
+    x0 = (torch.randn(shape, generator=g) * 3).to(DEVICE)
+    if len(shape) == 4:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(shape, generator=g).to(DEVICE)
+    grad_out = torch.randn(shape, generator=g).to(DEVICE)
+
+    def f(x, w):
+        h = x * w  # a non-leaf, so in-place is allowed
+        return (
+            sk.sugar_relu(
+                h, "bsilu", region="negative", bits=bits, inplace=inplace, backend="triton"
+            )
+            * w
+        )
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(f)(x0.detach().requires_grad_(), w)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    results = []
+    for fn in (torch.compile(f, fullgraph=True), f):
+        x = x0.detach().requires_grad_()
+        out = fn(x, w)
+        out.backward(grad_out)
+        results.append((out.detach(), x.grad))
+    (out_c, grad_c), (out_e, grad_e) = results
+    assert_bitwise_equal(out_c, out_e, "compiled forward")
+    assert_bitwise_equal(grad_c, grad_e, "compiled backward")
