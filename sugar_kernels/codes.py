@@ -174,14 +174,27 @@ def tables(
     """
     key = (surrogate, alpha, region, bits, device, dtype)
     if key not in _TABLES:
-        q = quantizer(surrogate, alpha if SURROGATES[surrogate].has_alpha else None, region, bits)
-        op = opmath(dtype)
-        _TABLES[key] = (
-            torch.tensor(q.levels, dtype=op, device=device),
-            torch.tensor(q.thresholds, dtype=op, device=device),
-            torch.tensor(q.interval_codes, dtype=torch.uint8, device=device),
-        )
+        with _real_tensors():
+            _TABLES[key] = _build_tables(surrogate, alpha, region, bits, device, dtype)
     return _TABLES[key]
+
+
+def _real_tensors():
+    """Build cached tables as real tensors even while tracing (torch.export's FakeTensorMode);
+    a fake tensor in the cache would break every later eager call."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
+
+
+def _build_tables(surrogate, alpha, region, bits, device, dtype):
+    q = quantizer(surrogate, alpha if SURROGATES[surrogate].has_alpha else None, region, bits)
+    op = opmath(dtype)
+    return (
+        torch.tensor(q.levels, dtype=op, device=device),
+        torch.tensor(q.thresholds, dtype=op, device=device),
+        torch.tensor(q.interval_codes, dtype=torch.uint8, device=device),
+    )
 
 
 SEARCH_BUCKETS = 4096  # csrc/sugar_math.h kSearchBuckets
@@ -200,19 +213,24 @@ def search_table(
     """
     key = ("search", surrogate, alpha, region, bits, device, dtype)
     if key not in _TABLES:
-        q = quantizer(surrogate, alpha if SURROGATES[surrogate].has_alpha else None, region, bits)
-        t = torch.tensor(q.thresholds, dtype=opmath(dtype)).double().numpy()  # as kernels see them
-        b = SEARCH_BUCKETS
-        starts = np.zeros(b, dtype=np.int64)
-        scan = len(t)
-        if len(t) and t[-1] > t[0]:
-            width = (t[-1] - t[0]) / b
-            edges = t[0] + width * np.arange(b + 3, dtype=np.float64) - width  # left edge of j-1
-            starts = np.searchsorted(t, edges[:b], side="left")  # #{t < left edge of bucket j-1}
-            ends = np.searchsorted(t, edges[3:], side="right")  # #{t <= right edge of bucket j+1}
-            scan = int((ends - starts).max())
-        _TABLES[key] = torch.tensor([scan, *starts.tolist()], dtype=torch.int32, device=device)
+        with _real_tensors():
+            _TABLES[key] = _build_search(surrogate, alpha, region, bits, device, dtype)
     return _TABLES[key]
+
+
+def _build_search(surrogate, alpha, region, bits, device, dtype):
+    q = quantizer(surrogate, alpha if SURROGATES[surrogate].has_alpha else None, region, bits)
+    t = torch.tensor(q.thresholds, dtype=opmath(dtype)).double().numpy()  # as the kernels see them
+    b = SEARCH_BUCKETS
+    starts = np.zeros(b, dtype=np.int64)
+    scan = len(t)
+    if len(t) and t[-1] > t[0]:
+        width = (t[-1] - t[0]) / b
+        edges = t[0] + width * np.arange(b + 3, dtype=np.float64) - width  # left edge of j-1
+        starts = np.searchsorted(t, edges[:b], side="left")  # #{t < left edge of bucket j-1}
+        ends = np.searchsorted(t, edges[3:], side="right")  # #{t <= right edge of bucket j+1}
+        scan = int((ends - starts).max())
+    return torch.tensor([scan, *starts.tolist()], dtype=torch.int32, device=device)
 
 
 def packed_size(numel: int, bits: int) -> int:
