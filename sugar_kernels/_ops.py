@@ -109,12 +109,20 @@ torch.library.register_autograd(
 # grad_y * g'(x) in x, with g' the surrogate's second derivative (0 where g is constant: x > 0
 # with region "negative", |x| beyond the derivative clamp). In code modes g is piecewise
 # constant in x (codes are not differentiable), so only grad_y gets a gradient.
-def _grad_factor_derivative(x, surrogate, alpha, region):
-    """g'(x) in the opmath dtype, by double autograd of s(x) built from stock PyTorch ops.
+# s(x) is smooth for these: differentiate the stock-op s(x) twice. The closed forms of their s'
+# go through exp(-|x|), whose autograd derivative at exactly x = 0 is wrong (d|x|/dx = 0 there).
+_SMOOTH_SURROGATES = ("bsilu", "gelu", "silu", "mish")
 
+
+def _grad_factor_derivative(x, surrogate, alpha, region):
+    """g'(x) in the opmath dtype: the surrogate's second derivative, 0 where g is constant.
+
+    Smooth surrogates: double autograd of s(x) built from stock PyTorch ops. Piecewise ones
+    (nelu, elu, selu, leaky_relu): autograd of the closed-form s'(x), which keeps x = 0 on the
+    negative side as the forward semantics do (stock F.elu would put it on the positive side).
     Differentiable itself (create_graph) when grad mode is on, so higher orders stay correct.
     """
-    from .surrogates import DERIVATIVE_CLAMP, surrogate_function
+    from .surrogates import DERIVATIVE_CLAMP, surrogate_derivative, surrogate_function
 
     op = torch.float64 if x.dtype == torch.float64 else torch.float32
     create = torch.is_grad_enabled()
@@ -122,16 +130,22 @@ def _grad_factor_derivative(x, surrogate, alpha, region):
         t = x.to(op)
         if not t.requires_grad:
             t = t.detach().requires_grad_()
-        s = surrogate_function(surrogate)(t, alpha)
-        (ds,) = torch.autograd.grad(s, t, torch.ones_like(s), create_graph=True)
-        (d2s,) = torch.autograd.grad(
-            ds,
-            t,
-            torch.ones_like(ds),
-            create_graph=create,
-            allow_unused=True,
-            materialize_grads=True,
-        )
+        if surrogate in _SMOOTH_SURROGATES:
+            s = surrogate_function(surrogate)(t, alpha)
+            (ds,) = torch.autograd.grad(s, t, torch.ones_like(s), create_graph=True)
+        else:
+            ds = surrogate_derivative(surrogate, t, alpha)
+        if ds.requires_grad:
+            (d2s,) = torch.autograd.grad(
+                ds,
+                t,
+                torch.ones_like(ds),
+                create_graph=create,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+        else:  # a piecewise-constant s' (leaky_relu)
+            d2s = torch.zeros_like(t)
     flat = (t.abs() > DERIVATIVE_CLAMP) | ((t > 0) if region == "negative" else False)
     return torch.where(flat, torch.zeros_like(d2s), d2s)
 
