@@ -155,21 +155,29 @@ def _backward_setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad_y, x)
 
 
-def _backward_backward(ctx, grad_grad_x):
-    grad_y, x = ctx.saved_tensors
-    args = (ctx.surrogate, ctx.alpha, ctx.region)
+def double_backward(backward_op, grad_y, x, grad_grad_x, surrogate, alpha, region, needs):
+    """Gradients of ``backward_op(grad_y, x, ...) = grad_y * g(x)`` w.r.t. (grad_y, x)."""
     grad_grad_y = grad_x = None
-    if ctx.needs_input_grad[0]:
-        grad_grad_y = torch.ops.sugar.relu_backward(grad_grad_x, x, *args)
-    if ctx.needs_input_grad[1]:
-        d2 = _grad_factor_derivative(x, *args)
+    if needs[0]:
+        grad_grad_y = backward_op(grad_grad_x, x, surrogate, alpha, region)
+    if needs[1]:
+        d2 = _grad_factor_derivative(x, surrogate, alpha, region)
         grad_x = (grad_grad_x.to(d2.dtype) * grad_y.to(d2.dtype) * d2).to(x.dtype)
-    return grad_grad_y, grad_x, None, None, None
+    return grad_grad_y, grad_x
 
 
-torch.library.register_autograd(
-    f"{LIBRARY}::relu_backward", _backward_backward, setup_context=_backward_setup_context
-)
+def register_double_backward(op_name: str, backward_op) -> None:
+    """Registers autograd for an exact-mode backward op (C++ or Triton) with that schema."""
+
+    def backward(ctx, grad_grad_x):
+        grad_y, x = ctx.saved_tensors
+        args = (ctx.surrogate, ctx.alpha, ctx.region, ctx.needs_input_grad)
+        return *double_backward(backward_op, grad_y, x, grad_grad_x, *args), None, None, None
+
+    torch.library.register_autograd(op_name, backward, setup_context=_backward_setup_context)
+
+
+register_double_backward(f"{LIBRARY}::relu_backward", torch.ops.sugar.relu_backward)
 
 
 def _backward_codes_setup_context(ctx, inputs, output):

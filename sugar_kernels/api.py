@@ -21,6 +21,10 @@ _COMPILED_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 # whether Triton can run each device's tensors (fixed when triton_kernels is imported).
 _COMPILED = {dev: _ops.has_kernel("relu_backward", key) for dev, key in _COMPILED_KEY.items()}
 _TRITON_STATUS = {dev: triton_kernels.triton_status(dev) for dev in ("cpu", "cuda")}
+if hasattr(torch.ops.sugar, "triton_relu_backward"):  # registered when triton is importable
+    _ops.register_double_backward(
+        f"{_ops.LIBRARY}::triton_relu_backward", torch.ops.sugar.triton_relu_backward
+    )
 
 
 def _device_type(device) -> str:
@@ -91,6 +95,9 @@ def sugar_relu(
     with g = s' of the chosen surrogate everywhere (``region="all"``) or only for x <= 0
     (``region="negative"``, g = 1 for x > 0).
     """
+    # The tables are looked up by the alpha as given (None = the default): under
+    # torch.compile(dynamic=True) a resolved default would be a symbolic float, not a cache key.
+    table_alpha = alpha
     surrogate, alpha, region = resolve(surrogate, alpha, region)
     _check_input(x)
     if bits is not None:
@@ -105,8 +112,9 @@ def sugar_relu(
             return triton_kernels.sugar_relu_triton(x, surrogate, alpha, region)
         return torch.ops.sugar.relu_forward(x, surrogate, alpha, region)
 
-    levels, thresholds, interval_codes = tables(surrogate, alpha, region, bits, x.device, x.dtype)
-    search = search_table(surrogate, alpha, region, bits, x.device, x.dtype)
+    key = (surrogate, table_alpha, region, bits, x.device, x.dtype)
+    levels, thresholds, interval_codes = tables(*key)
+    search = search_table(*key)
     if backend == "reference":
         forward_op, forward_inplace_op, backward_op = (
             ReferenceCodes.apply,
@@ -151,6 +159,18 @@ class SugarReLU(nn.Module):
         elif inplace:
             raise ValueError("inplace=True needs a code mode (bits=8/4/2/1): exact mode keeps x")
         self.bits, self.inplace, self.backend = bits, inplace, backend
+
+    # alpha is kept as a float.hex() string: a float attribute would become a symbolic input
+    # under torch.compile(dynamic=True), a string stays a constant.
+    @property
+    def alpha(self) -> float | None:
+        return None if self._alpha_hex is None else float.fromhex(self._alpha_hex)
+
+    @alpha.setter
+    def alpha(self, value: float | None) -> None:
+        if value is not None:
+            _, value, _ = resolve(self.surrogate, value, "all")
+        self._alpha_hex = None if value is None else float(value).hex()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sugar_relu(
@@ -216,9 +236,9 @@ def strip(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, SugarReLU):
-                setattr(parent, name, nn.ReLU(inplace=child.inplace))
+                setattr(parent, name, nn.ReLU(inplace=child.inplace).train(child.training))
     if isinstance(model, SugarReLU):
-        return nn.ReLU(inplace=model.inplace)
+        return nn.ReLU(inplace=model.inplace).train(model.training)
     return model
 
 

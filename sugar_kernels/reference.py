@@ -35,6 +35,26 @@ def reference_backward(
     return (grad_y.to(torch.float64) * g).to(x.dtype)
 
 
+class _ReferenceBackward(torch.autograd.Function):
+    """reference_backward as a differentiable function (double backward with the exact g')."""
+
+    @staticmethod
+    def forward(ctx, grad_y, x, surrogate, alpha, region):
+        ctx.save_for_backward(grad_y, x)
+        ctx.args = (surrogate, alpha, region)
+        return reference_backward(grad_y, x, surrogate, alpha, region)
+
+    @staticmethod
+    def backward(ctx, grad_grad_x):
+        from ._ops import double_backward
+
+        grad_y, x = ctx.saved_tensors
+        grads = double_backward(
+            _ReferenceBackward.apply, grad_y, x, grad_grad_x, *ctx.args, ctx.needs_input_grad
+        )
+        return *grads, None, None, None
+
+
 class ReferenceSugarReLU(torch.autograd.Function):
     """The "reference" backend: torch.relu forward, closed-form float64 surrogate backward."""
 
@@ -50,7 +70,8 @@ class ReferenceSugarReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
-        return reference_backward(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region), None, None, None
+        grad_x = _ReferenceBackward.apply(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region)
+        return grad_x, None, None, None
 
 
 # ---- code modes -------------------------------------------------------------------------------

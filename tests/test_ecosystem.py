@@ -104,13 +104,6 @@ def test_compile_fullgraph_no_graph_breaks(backend, mode):
     assert_bitwise_equal(grad, eager_grad, "compiled grad")
 
 
-_DYNAMIC_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="dynamic=True turns float alphas read from modules/globals into SymFloats: "
-    "resolve()'s math.isfinite and the assume_constant_result tables() reject them (fix proposed)",
-)
-
-
 @pytest.mark.skipif(not COMPILED_CPU, reason="C++ CPU kernels not built")
 @pytest.mark.parametrize(
     "surrogate, mode, style",
@@ -119,9 +112,9 @@ _DYNAMIC_XFAIL = pytest.mark.xfail(
         ("gelu", "bits8-inplace", "functional"),
         ("gelu", "bits8", "module"),
         ("bsilu", "exact", "functional"),
-        pytest.param("bsilu", "bits8", "functional", marks=_DYNAMIC_XFAIL),
-        pytest.param("bsilu", "exact", "module", marks=_DYNAMIC_XFAIL),
-        pytest.param("bsilu", "bits8-inplace", "module", marks=_DYNAMIC_XFAIL),
+        ("bsilu", "bits8", "functional"),
+        ("bsilu", "exact", "module"),
+        ("bsilu", "bits8-inplace", "module"),
     ],
 )
 def test_compile_dynamic_true_fullgraph_compiles_once(surrogate, mode, style):

@@ -74,24 +74,9 @@ def test_code_mode_does_not_depend_on_x_after_forward(backend):
 # ---------------------------------------------------------------------------------------------
 # Double backward: a correct answer (checked numerically), never a silent zero
 # ---------------------------------------------------------------------------------------------
-# Triton's backward op has no autograd formula yet (seen under TRITON_INTERPRET=1).
-_TRITON_NO_DOUBLE_BACKWARD = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="sugar::triton_relu_backward has no registered autograd formula (fix proposed)",
-)
-
-
-def _double_backward_backends(backends):
-    return [
-        pytest.param(b, marks=[_TRITON_NO_DOUBLE_BACKWARD] if b == "triton" else [])
-        for b in backends
-    ]
-
-
 @pytest.mark.parametrize("region", sk.REGIONS)
 @pytest.mark.parametrize("surrogate", list(sk.SURROGATES))
-@pytest.mark.parametrize("backend", _double_backward_backends(CPU_BACKENDS))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_double_backward_exact_matches_numerical(backend, surrogate, region):
     """d/dx of grad_y * g(x) is grad_y * g'(x) (the surrogate's second derivative); d/d grad_y is
     g(x). gradgradcheck compares both with finite differences of the first-order backward."""
@@ -108,27 +93,9 @@ def test_double_backward_exact_matches_numerical(backend, surrogate, region):
 
 
 def _zero_cases():
-    kink = pytest.mark.xfail(
-        strict=True,
-        reason="reference backward differentiates exp(-|x|) (d|x|/dx = 0 at 0): g'(0) is half "
-        "the true value for sigmoid-based surrogates (fix proposed for reference.py)",
-    )
-    constant = pytest.mark.xfail(
-        strict=True,
-        raises=RuntimeError,
-        reason="reference backward of leaky_relu is not differentiable in x: double backward "
-        "raises 'does not require grad' instead of returning 0 (fix proposed for reference.py)",
-    )
     for backend in CPU_BACKENDS:
         for surrogate in sk.SURROGATES:
-            marks = []
-            if backend == "reference" and surrogate in ("bsilu", "silu", "mish"):
-                marks = [kink]
-            elif backend == "reference" and surrogate == "leaky_relu":
-                marks = [constant]
-            elif backend == "triton":
-                marks = [_TRITON_NO_DOUBLE_BACKWARD]
-            yield pytest.param(backend, surrogate, marks=marks, id=f"{backend}-{surrogate}")
+            yield pytest.param(backend, surrogate, id=f"{backend}-{surrogate}")
 
 
 def _second_derivative_at_zero(surrogate: str) -> torch.Tensor:
@@ -184,7 +151,7 @@ def test_double_backward_code_modes(backend, mode):
     )
 
 
-@pytest.mark.parametrize("backend", _double_backward_backends(CPU_BACKENDS))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_second_derivative_backends_agree_float32(backend):
     """float32 double backward (opmath) agrees with the float64 value."""
     x64 = torch.randn(300, generator=_gen(6), dtype=torch.float64) * 3
@@ -409,7 +376,7 @@ def test_code_mode_more_than_2_31_elements_float16(backend, bits):
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("surrogate", ["bsilu", "elu", "mish", "leaky_relu"])
-@pytest.mark.parametrize("backend", _double_backward_backends(CUDA_BACKENDS))
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_double_backward_cuda_matches_numerical(backend, surrogate):
     x = (torch.randn(4, 5, generator=_gen(13), dtype=torch.float64) * 3).cuda().requires_grad_()
     assert torch.autograd.gradgradcheck(
