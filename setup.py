@@ -70,7 +70,12 @@ if not with_cuda:
 arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0"
 os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
 
-cxx_flags = ["-O3", "-Wno-unknown-pragmas"]
+# -fopenmp: at::parallel_for is a header template; without it the CPU kernels run on one thread.
+# -ffp-contract=off: GCC would fuse a*b+c into FMAs differently in each inlined copy of a loop
+# (e.g. the single-thread and the OpenMP path of at::parallel_for), so results would depend on
+# the thread count by an ulp; without contraction they are bitwise reproducible.
+cxx_flags = ["-O3", "-Wno-unknown-pragmas", "-fopenmp", "-ffp-contract=off"]
+link_flags = ["-fopenmp"]
 cpu_capability = "DEFAULT"
 if platform.machine() in ("x86_64", "AMD64") and os.environ.get("SUGAR_CPU_AVX2", "1") == "1":
     # at::vec picks its AVX2 implementation from these; every x86-64 CPU since 2013 has AVX2+FMA.
@@ -94,9 +99,13 @@ if with_cuda:
         sources + ["csrc/cuda_kernels.cu"],
         define_macros=[("SUGAR_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        extra_link_args=link_flags,
     )
 else:
-    ext = CppExtension("sugar_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension(
+        "sugar_kernels._C", sources, extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
+    )
 
 setup(
     ext_modules=[ext],

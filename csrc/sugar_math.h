@@ -8,11 +8,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define SUGAR_HD __host__ __device__ __forceinline__
 #else
-#define SUGAR_HD inline
+#define SUGAR_HD inline __attribute__((always_inline))
 #endif
 
 namespace sugar {
@@ -71,57 +72,77 @@ SUGAR_HD SigmoidPair<T> sigmoid_pair(T x) {
   return {M::select(pos, inv, e * inv), M::select(pos, e * inv, inv), e};
 }
 
-// s'(x) for one surrogate.
-template <typename T>
-SUGAR_HD T surrogate_derivative(T x, Surrogate surrogate, T alpha) {
+// s'(x) for the surrogate S (a compile-time constant, so each instantiation is branch-free).
+template <Surrogate S, typename T>
+SUGAR_HD T surrogate_derivative(T x, T alpha) {
   using M = Math<T>;
   const T one(1), zero(0), lim(kDerivativeClamp);
   x = M::select(x < T(0) - lim, T(0) - lim, x);
   x = M::select(x > lim, lim, x);
-  switch (surrogate) {
-    case Surrogate::BSiLU: {
-      const SigmoidPair<T> p = sigmoid_pair(x);
-      return p.sig + (x + alpha) * p.sig * p.sig_c;
-    }
-    case Surrogate::NeLU: {
-      const T d = one + x * x;
-      return M::select(x > zero, one, T(2) * alpha * x / (d * d));
-    }
-    case Surrogate::ELU:
-      return M::select(x > zero, one, alpha * M::exp(x));
-    case Surrogate::SELU:
-      return T(kSeluLambda) * M::select(x > zero, one, T(kSeluAlpha) * M::exp(x));
-    case Surrogate::GELU: {
-      const T cdf = T(0.5) * M::erfc((zero - x) * T(kInvSqrt2));
-      const T pdf = M::exp(T(-0.5) * x * x) * T(kInvSqrt2Pi);
-      return cdf + x * pdf;
-    }
-    case Surrogate::SiLU: {
-      const SigmoidPair<T> p = sigmoid_pair(x);
-      return p.sig * (one + x * p.sig_c);
-    }
-    case Surrogate::Mish: {
-      // tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2), rewritten with e = exp(-|x|).
-      const SigmoidPair<T> p = sigmoid_pair(x);
-      const T e = p.e;
-      const auto pos = x >= zero;
-      const T n = e * (e + T(2));
-      const T den = M::select(pos, one + T(2) * e + T(2) * e * e, n + T(2));
-      const T tanh_sp = M::select(pos, one + T(2) * e, n) / den;
-      const T one_minus = M::select(pos, T(2) * e * e, T(2)) / den;
-      return tanh_sp + x * p.sig * one_minus * (one + tanh_sp);
-    }
-    case Surrogate::LeakyReLU:
-    default:
-      return M::select(x > zero, one, alpha);
+  if constexpr (S == Surrogate::BSiLU) {
+    const SigmoidPair<T> p = sigmoid_pair(x);
+    return p.sig + (x + alpha) * p.sig * p.sig_c;
+  } else if constexpr (S == Surrogate::NeLU) {
+    const T d = one + x * x;
+    return M::select(x > zero, one, T(2) * alpha * x / (d * d));
+  } else if constexpr (S == Surrogate::ELU) {
+    return M::select(x > zero, one, alpha * M::exp(x));
+  } else if constexpr (S == Surrogate::SELU) {
+    return T(kSeluLambda) * M::select(x > zero, one, T(kSeluAlpha) * M::exp(x));
+  } else if constexpr (S == Surrogate::GELU) {
+    const T cdf = T(0.5) * M::erfc((zero - x) * T(kInvSqrt2));
+    const T pdf = M::exp(T(-0.5) * x * x) * T(kInvSqrt2Pi);
+    return cdf + x * pdf;
+  } else if constexpr (S == Surrogate::SiLU) {
+    const SigmoidPair<T> p = sigmoid_pair(x);
+    return p.sig * (one + x * p.sig_c);
+  } else if constexpr (S == Surrogate::Mish) {
+    // tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2), rewritten with e = exp(-|x|).
+    const SigmoidPair<T> p = sigmoid_pair(x);
+    const T e = p.e;
+    const auto pos = x >= zero;
+    const T n = e * (e + T(2));
+    const T den = M::select(pos, one + T(2) * e + T(2) * e * e, n + T(2));
+    const T tanh_sp = M::select(pos, one + T(2) * e, n) / den;
+    const T one_minus = M::select(pos, T(2) * e * e, T(2)) / den;
+    return tanh_sp + x * p.sig * one_minus * (one + tanh_sp);
+  } else {
+    static_assert(S == Surrogate::LeakyReLU, "unhandled surrogate");
+    return M::select(x > zero, one, alpha);
   }
 }
 
-// g(x): what backward multiplies grad_y by (region "all" or "negative").
+// g(x) for the surrogate S: what backward multiplies grad_y by (region "all" or "negative").
+template <Surrogate S, typename T>
+SUGAR_HD T grad_factor(T x, T alpha, bool negative_only) {
+  const T d = surrogate_derivative<S, T>(x, alpha);
+  return negative_only ? Math<T>::select(x > T(0), T(1), d) : d;
+}
+
+// Calls f(std::integral_constant<Surrogate, S>{}) for the runtime value s: hoists the choice of
+// surrogate out of a loop (the CPU kernels), or picks it per element (the CUDA kernels, where it
+// is uniform across a warp and keeps the number of kernel instantiations small).
+template <typename F>
+SUGAR_HD decltype(auto) dispatch_surrogate(Surrogate s, F&& f) {
+  switch (s) {
+    case Surrogate::BSiLU: return f(std::integral_constant<Surrogate, Surrogate::BSiLU>{});
+    case Surrogate::NeLU: return f(std::integral_constant<Surrogate, Surrogate::NeLU>{});
+    case Surrogate::ELU: return f(std::integral_constant<Surrogate, Surrogate::ELU>{});
+    case Surrogate::SELU: return f(std::integral_constant<Surrogate, Surrogate::SELU>{});
+    case Surrogate::GELU: return f(std::integral_constant<Surrogate, Surrogate::GELU>{});
+    case Surrogate::SiLU: return f(std::integral_constant<Surrogate, Surrogate::SiLU>{});
+    case Surrogate::Mish: return f(std::integral_constant<Surrogate, Surrogate::Mish>{});
+    case Surrogate::LeakyReLU:
+    default: return f(std::integral_constant<Surrogate, Surrogate::LeakyReLU>{});
+  }
+}
+
+// g(x) with the surrogate chosen at run time.
 template <typename T>
 SUGAR_HD T grad_factor(T x, const GradParams& p) {
-  const T d = surrogate_derivative<T>(x, p.surrogate, T(p.alpha));
-  return p.negative_only ? Math<T>::select(x > T(0), T(1), d) : d;
+  return dispatch_surrogate(p.surrogate, [&](auto s) {
+    return grad_factor<decltype(s)::value, T>(x, T(p.alpha), p.negative_only);
+  });
 }
 
 // Forward: exactly torch.relu (keeps -0.0 and NaN, as clamp_min(x, 0) does).

@@ -10,6 +10,7 @@ from .api import (
     sugar_relu,
 )
 from .codes import BITS, levels, quantizer
+from .export import export_onnx
 from .reference import paper_formula
 from .surrogates import REGIONS, SURROGATES, grad_factor
 
@@ -22,6 +23,7 @@ __all__ = [
     "available_backends",
     "build_info",
     "convert",
+    "export_onnx",
     "grad_factor",
     "levels",
     "paper_formula",
