@@ -103,7 +103,9 @@ if with_cuda:
     )
 else:
     ext = CppExtension(
-        "sugar_kernels._C", sources, extra_compile_args={"cxx": cxx_flags},
+        "sugar_kernels._C",
+        sources,
+        extra_compile_args={"cxx": cxx_flags},
         extra_link_args=link_flags,
     )
 
