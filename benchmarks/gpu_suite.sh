@@ -6,7 +6,8 @@
 #
 # 1. builds the extension for sm_90 with the image's torch (pip install --no-build-isolation
 #    --no-deps --no-index -e ., TORCH_CUDA_ARCH_LIST=9.0) and checks the CUDA kernels load;
-# 2. runs the CUDA and Triton tests (tests/test_triton_gpu.py, and the cuda-marked tests in tests/);
+# 2. runs the CUDA and Triton tests (tests/test_triton_gpu.py, and the cuda-marked tests in tests/),
+#    then compute-sanitizer memcheck and racecheck on benchmarks/sanitize_cuda.py;
 # 3. the full GPU micro sweep (2^28 down to 2^16, float32 and bfloat16), then the memory table;
 # 4. prints a short table last (the largest size, and the issue-5 targets).
 #
@@ -16,7 +17,7 @@
 # device tool brings them back), else to results/gpu/: suite.log (everything printed),
 # micro.csv, micro_cuda.png, memory.md. Exit status: 0 when every step passed, 1 otherwise.
 #
-# SUITE_STEPS picks steps (default "build tests micro memory"): on a machine still warm from an
+# SUITE_STEPS picks steps (default "build tests sanitize micro memory"): on a machine still warm from an
 # earlier call (the built extension is kept), SUITE_STEPS="micro memory" gives the benchmarks the
 # whole budget. The micro sweep compiles the paper formula with dynamic shapes here (one compile
 # per dtype; size hints from 2^28, the first size) to fit the budget; `python -m benchmarks.micro`
@@ -42,7 +43,7 @@ export SUGAR_REQUIRE_CUDA=1  # a GPU machine must build the CUDA kernels, never 
 START=$(date +%s)
 DEADLINE=$((START + ${SUITE_BUDGET:-450}))
 FAILED=()
-STEPS=" ${SUITE_STEPS:-build tests micro memory} "
+STEPS=" ${SUITE_STEPS:-build tests sanitize micro memory} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 
 left() { echo $((DEADLINE - $(date +%s))); }
@@ -106,6 +107,20 @@ if want tests; then
     fi
     step test-cuda 70 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests \
         --ignore=tests/test_triton_gpu.py
+fi
+
+# 2b. compute-sanitizer memcheck and racecheck on a small workload touching every CUDA kernel
+if want sanitize; then
+    if command -v compute-sanitizer > /dev/null; then
+        for tool in memcheck racecheck; do
+            step "sanitize-$tool" 60 130 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+                "$PY" -m benchmarks.sanitize_cuda
+        done
+    else
+        echo
+        echo "=== sanitize: compute-sanitizer not found on this machine, skipped"
+        FAILED+=("sanitize(missing)")
+    fi
 fi
 
 # 3. benchmarks: the full micro sweep (largest sizes first, so a cut-short run keeps the sizes
