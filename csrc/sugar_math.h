@@ -18,7 +18,7 @@
 
 namespace sugar {
 
-// Order matches the index a name resolves to in parse_surrogate (ops.cpp).
+// Order matches kSurrogateNames (ops.cpp) and SURROGATE_IDS (triton_kernels/sugar_relu.py).
 enum class Surrogate : int32_t { BSiLU, NeLU, ELU, SELU, GELU, SiLU, Mish, LeakyReLU };
 
 struct GradParams {
