@@ -70,37 +70,6 @@ def _relu_backward_codes_fake(grad_y, codes, levels, bits):
     return torch.empty_like(grad_y, memory_format=torch.contiguous_format)
 
 
-def _setup_context(ctx, inputs, output):
-    x, ctx.surrogate, ctx.alpha, ctx.region = inputs
-    ctx.save_for_backward(x)
-
-
-def _backward(ctx, grad_y):
-    (x,) = ctx.saved_tensors
-    grad_x = torch.ops.sugar.relu_backward(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region)
-    return grad_x, None, None, None
-
-
-torch.library.register_autograd(f"{LIBRARY}::relu_forward", _backward, setup_context=_setup_context)
-
-
-def _codes_setup_context(ctx, inputs, output):
-    _, levels, _, _, _, ctx.bits = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1], levels)
-
-
-def _codes_backward(ctx, grad_y, _grad_codes):
-    codes, levels = ctx.saved_tensors
-    grad_x = torch.ops.sugar.relu_backward_codes(grad_y, codes, levels, ctx.bits)
-    return grad_x, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    f"{LIBRARY}::relu_forward_codes", _codes_backward, setup_context=_codes_setup_context
-)
-
-
 # ---- double backward ---------------------------------------------------------------------------
 # The backward ops are differentiable too, so gradient penalties, Hessian-vector products and
 # torch.autograd.gradgradcheck get correct answers instead of the autograd fallback's silent
@@ -150,11 +119,6 @@ def _grad_factor_derivative(x, surrogate, alpha, region):
     return torch.where(flat, torch.zeros_like(d2s), d2s)
 
 
-def _backward_setup_context(ctx, inputs, output):
-    grad_y, x, ctx.surrogate, ctx.alpha, ctx.region = inputs
-    ctx.save_for_backward(grad_y, x)
-
-
 def double_backward(backward_op, grad_y, x, grad_grad_x, surrogate, alpha, region, needs):
     """Gradients of ``backward_op(grad_y, x, ...) = grad_y * g(x)`` w.r.t. (grad_y, x)."""
     grad_grad_y = grad_x = None
@@ -166,38 +130,64 @@ def double_backward(backward_op, grad_y, x, grad_grad_x, surrogate, alpha, regio
     return grad_grad_y, grad_x
 
 
-def register_double_backward(op_name: str, backward_op) -> None:
-    """Registers autograd for an exact-mode backward op (C++ or Triton) with that schema."""
+def _backward_setup_context(ctx, inputs, output):
+    grad_y, x, ctx.surrogate, ctx.alpha, ctx.region = inputs
+    ctx.save_for_backward(grad_y, x)
 
-    def backward(ctx, grad_grad_x):
+
+def register_autograd_for(prefix: str) -> None:
+    """Registers autograd, once, for one family of ops: ``sugar::{prefix}relu_forward``,
+    ``relu_backward``, ``relu_forward_codes`` and ``relu_backward_codes`` (prefix "" for the
+    C++/CUDA ops, "triton_" for the Triton ones). The formulas are the same for every backend;
+    only the backward op they call differs."""
+    ops = torch.ops.sugar
+    backward_op = getattr(ops, f"{prefix}relu_backward")
+    backward_codes_op = getattr(ops, f"{prefix}relu_backward_codes")
+
+    def forward_setup(ctx, inputs, output):
+        x, ctx.surrogate, ctx.alpha, ctx.region = inputs
+        ctx.save_for_backward(x)
+
+    def forward_backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        return backward_op(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region), None, None, None
+
+    def backward_backward(ctx, grad_grad_x):
         grad_y, x = ctx.saved_tensors
         args = (ctx.surrogate, ctx.alpha, ctx.region, ctx.needs_input_grad)
         return *double_backward(backward_op, grad_y, x, grad_grad_x, *args), None, None, None
 
-    torch.library.register_autograd(op_name, backward, setup_context=_backward_setup_context)
+    def codes_setup(ctx, inputs, output):
+        _, levels, _, _, _, ctx.bits = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1], levels)
+
+    def codes_backward(ctx, grad_y, _grad_codes):
+        codes, levels = ctx.saved_tensors
+        return backward_codes_op(grad_y, codes, levels, ctx.bits), None, None, None, None, None
+
+    # grad_x = grad_y * levels[code] is linear in grad_y; codes are piecewise constant in x.
+    def backward_codes_setup(ctx, inputs, output):
+        _, codes, levels, ctx.bits = inputs
+        ctx.save_for_backward(codes, levels)
+
+    def backward_codes_backward(ctx, grad_grad_x):
+        codes, levels = ctx.saved_tensors
+        grad_grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_grad_y = backward_codes_op(grad_grad_x, codes, levels, ctx.bits)
+        return grad_grad_y, None, None, None
+
+    for name, backward, setup in (
+        ("relu_forward", forward_backward, forward_setup),
+        ("relu_backward", backward_backward, _backward_setup_context),
+        ("relu_forward_codes", codes_backward, codes_setup),
+        ("relu_backward_codes", backward_codes_backward, backward_codes_setup),
+    ):
+        torch.library.register_autograd(f"{LIBRARY}::{prefix}{name}", backward, setup_context=setup)
 
 
-register_double_backward(f"{LIBRARY}::relu_backward", torch.ops.sugar.relu_backward)
-
-
-def _backward_codes_setup_context(ctx, inputs, output):
-    _, codes, levels, ctx.bits = inputs
-    ctx.save_for_backward(codes, levels)
-
-
-def _backward_codes_backward(ctx, grad_grad_x):
-    codes, levels = ctx.saved_tensors
-    grad_grad_y = None
-    if ctx.needs_input_grad[0]:
-        grad_grad_y = torch.ops.sugar.relu_backward_codes(grad_grad_x, codes, levels, ctx.bits)
-    return grad_grad_y, None, None, None
-
-
-torch.library.register_autograd(
-    f"{LIBRARY}::relu_backward_codes",
-    _backward_codes_backward,
-    setup_context=_backward_codes_setup_context,
-)
+register_autograd_for("")
 
 
 class InplaceCodes(torch.autograd.Function):

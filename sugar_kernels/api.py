@@ -22,9 +22,7 @@ _COMPILED_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 _COMPILED = {dev: _ops.has_kernel("relu_backward", key) for dev, key in _COMPILED_KEY.items()}
 _TRITON_STATUS = {dev: triton_kernels.triton_status(dev) for dev in ("cpu", "cuda")}
 if hasattr(torch.ops.sugar, "triton_relu_backward"):  # registered when triton is importable
-    _ops.register_double_backward(
-        f"{_ops.LIBRARY}::triton_relu_backward", torch.ops.sugar.triton_relu_backward
-    )
+    _ops.register_autograd_for("triton_")
 
 
 def _device_type(device) -> str:

@@ -22,8 +22,8 @@ returns only the codes, and backward returns a contiguous grad.
 The ops ``sugar::triton_relu_forward_codes`` / ``sugar::triton_relu_forward_codes_`` /
 ``sugar::triton_relu_backward_codes`` take the arguments of ``sugar::relu_forward_codes`` /
 ``sugar::relu_forward_codes_`` / ``sugar::relu_backward_codes`` (``bits`` is inferred as SymInt);
-autograd is registered on the functional forward (and on backward, for double backward: it is
-linear in grad_y), the in-place one goes through ``sugar_kernels._ops.InplaceCodes``.
+autograd comes from ``sugar_kernels._ops.register_autograd_for("triton_")`` (shared with the C++
+ops); the in-place one goes through ``sugar_kernels._ops.InplaceCodes``.
 """
 
 import torch
@@ -356,43 +356,6 @@ def triton_relu_backward_codes(
     grad_x = torch.empty_like(gc)
     relu_backward_codes_launch(gc, codes, levels, grad_x, bits)
     return grad_x
-
-
-def _setup_context(ctx, inputs, output):
-    _, levels, _, _, _, ctx.bits = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1], levels)
-
-
-def _backward(ctx, grad_y, _grad_codes):
-    codes, levels = ctx.saved_tensors
-    grad_x = torch.ops.sugar.triton_relu_backward_codes(grad_y, codes, levels, ctx.bits)
-    return grad_x, None, None, None, None, None
-
-
-triton_relu_forward_codes.register_autograd(_backward, setup_context=_setup_context)
-
-
-# Double backward (as for sugar::relu_backward_codes): grad_x = grad_y * levels[code] is linear in
-# grad_y; codes are piecewise constant in x, not differentiable.
-def _backward_setup_context(ctx, inputs, output):
-    _, codes, levels, ctx.bits = inputs
-    ctx.save_for_backward(codes, levels)
-
-
-def _backward_backward(ctx, grad_grad_x):
-    codes, levels = ctx.saved_tensors
-    grad_grad_y = None
-    if ctx.needs_input_grad[0]:
-        grad_grad_y = torch.ops.sugar.triton_relu_backward_codes(
-            grad_grad_x, codes, levels, ctx.bits
-        )
-    return grad_grad_y, None, None, None
-
-
-triton_relu_backward_codes.register_autograd(
-    _backward_backward, setup_context=_backward_setup_context
-)
 
 
 def code_ops():

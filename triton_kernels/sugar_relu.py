@@ -11,7 +11,8 @@ flat storage like the C++ host code: dense inputs of any dim order (contiguous, 
 transposed) keep their layout, others are made contiguous first.
 
 The ops ``sugar::triton_relu_forward`` / ``sugar::triton_relu_backward`` have the same schemas as
-``sugar::relu_forward`` / ``sugar::relu_backward``; autograd is registered on the forward op.
+``sugar::relu_forward`` / ``sugar::relu_backward``; their autograd (the same formulas as the C++
+ops') is registered by ``sugar_kernels._ops.register_autograd_for("triton_")`` on import.
 
 Under ``TRITON_INTERPRET=1`` (CPU tensors, for CI without a GPU) the autotuner gets one config and
 erfc, which the interpreter does not provide, is computed from erf (see ``_erfc``); the
@@ -394,20 +395,6 @@ def triton_relu_backward(
     if grad_y.device != x.device:
         raise RuntimeError(f"{op}: grad_y is on {grad_y.device} but x is on {x.device}")
     return relu_backward(grad_y, x, surrogate, alpha, region)
-
-
-def _setup_context(ctx, inputs, output):
-    x, ctx.surrogate, ctx.alpha, ctx.region = inputs
-    ctx.save_for_backward(x)
-
-
-def _backward(ctx, grad_y):
-    (x,) = ctx.saved_tensors
-    grad_x = torch.ops.sugar.triton_relu_backward(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region)
-    return grad_x, None, None, None
-
-
-triton_relu_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def sugar_relu_triton(x: torch.Tensor, surrogate: str, alpha: float, region: str) -> torch.Tensor:
