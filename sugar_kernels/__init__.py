@@ -11,6 +11,7 @@ from .api import (
 )
 from .codes import BITS, levels, quantizer
 from .export import export_onnx
+from .inductor import compile_mode, get_compile_mode, set_compile_mode
 from .reference import paper_formula
 from .surrogates import REGIONS, SURROGATES, grad_factor
 
@@ -22,12 +23,15 @@ __all__ = [
     "SugarReLU",
     "available_backends",
     "build_info",
+    "compile_mode",
     "convert",
     "export_onnx",
+    "get_compile_mode",
     "grad_factor",
     "levels",
     "paper_formula",
     "quantizer",
+    "set_compile_mode",
     "strip",
     "sugar_relu",
 ]

@@ -7,9 +7,9 @@ from torch import nn
 
 import triton_kernels
 
-from . import _ops
+from . import _ops, inductor
 from ._ops import InplaceCodes
-from .codes import check_bits, search_table, tables
+from .codes import check_bits, kernel_tables
 from .reference import ReferenceCodes, ReferenceSugarReLU, reference_backward_codes
 from .reference import reference_forward_codes_ as _reference_forward_codes_
 from .surrogates import resolve
@@ -23,6 +23,7 @@ _COMPILED = {dev: _ops.has_kernel("relu_backward", key) for dev, key in _COMPILE
 _TRITON_STATUS = {dev: triton_kernels.triton_status(dev) for dev in ("cpu", "cuda")}
 if hasattr(torch.ops.sugar, "triton_relu_backward"):  # registered when triton is importable
     _ops.register_autograd_for("triton_")
+inductor.install()  # Inductor decomposes the sugar ops (compile mode "fused") unless opted out
 
 
 def _device_type(device) -> str:
@@ -103,6 +104,9 @@ def sugar_relu(
     elif inplace:
         raise ValueError("inplace=True needs a code mode (bits=8/4/2/1): exact mode keeps x")
     backend = _resolve_backend(backend, x)
+    # Read while Dynamo traces, so compiled code guards on the compile mode: switching it
+    # (set_compile_mode) recompiles instead of reusing code made for the other mode.
+    fused = inductor.traced_for_fusion()
     if bits is None:
         if backend == "reference":
             return ReferenceSugarReLU.apply(x, surrogate, alpha, region)
@@ -111,8 +115,7 @@ def sugar_relu(
         return torch.ops.sugar.relu_forward(x, surrogate, alpha, region)
 
     key = (surrogate, table_alpha, region, bits, x.device, x.dtype)
-    levels, thresholds, interval_codes = tables(*key)
-    search = search_table(*key)
+    levels, thresholds, interval_codes, search = kernel_tables(*key)
     if backend == "reference":
         forward_op, forward_inplace_op, backward_op = (
             ReferenceCodes.apply,
@@ -127,6 +130,11 @@ def sugar_relu(
             torch.ops.sugar.relu_forward_codes_,
             torch.ops.sugar.relu_backward_codes,
         )
+    if inplace and fused:
+        # Under torch.compile the in-place form is the functional op plus a copy into x: Inductor
+        # fuses both and reuses x's buffer, and the partitioner sees plain data flow, so it saves
+        # the codes (or recomputes them from an x it keeps anyway) rather than x and y.
+        return x.copy_(forward_op(x, levels, thresholds, interval_codes, search, bits)[0])
     if inplace:
         return InplaceCodes.apply(
             x, levels, thresholds, interval_codes, search, bits, forward_inplace_op, backward_op

@@ -160,17 +160,46 @@ def opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+
+def kernel_tables(
+    surrogate: str, alpha: float, region: str, bits: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(levels, thresholds, interval_codes, search) as the code ops take them, on ``device``.
+
+    Cached per configuration, each configuration in its own attribute of ``_SLOTS``. Under
+    torch.compile/export, ``_table_slot`` runs once at trace time (building the tables if needed)
+    and the tensors enter the graph as inputs read from that attribute, so every configuration
+    has its own source and a graph may use any number of them.
+    """
+    return getattr(_SLOTS, _table_slot(surrogate, alpha, region, bits, device, dtype))
+
+
+class _TableSlots:
+    """One attribute per configuration: (levels, thresholds, interval_codes, search)."""
+
+
+_SLOTS = _TableSlots()
+_SLOT_NAMES: dict[tuple, str] = {}
 
 
 @torch.compiler.assume_constant_result
+def _table_slot(surrogate, alpha, region, bits, device, dtype) -> str:
+    key = (surrogate, alpha, region, bits, device, dtype)
+    if key not in _SLOT_NAMES:
+        name = f"config_{len(_SLOT_NAMES)}"
+        setattr(_SLOTS, name, (*tables(*key), search_table(*key)))
+        _SLOT_NAMES[key] = name
+    return _SLOT_NAMES[key]
+
+
 def tables(
     surrogate: str, alpha: float, region: str, bits: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(levels, thresholds, interval_codes) as the kernels take them: opmath dtype, on ``device``.
 
-    Cached per configuration; torch.compile evaluates it at trace time and keeps the result as
-    constants, so compiled graphs contain only the kernels.
+    Cached per configuration (eager mode; under torch.compile use ``kernel_tables``).
     """
     key = (surrogate, alpha, region, bits, device, dtype)
     if key not in _TABLES:
@@ -200,7 +229,6 @@ def _build_tables(surrogate, alpha, region, bits, device, dtype):
 SEARCH_BUCKETS = 4096  # csrc/sugar_math.h kSearchBuckets
 
 
-@torch.compiler.assume_constant_result
 def search_table(
     surrogate: str, alpha: float, region: str, bits: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -214,8 +242,8 @@ def search_table(
     key = ("search", surrogate, alpha, region, bits, device, dtype)
     if key not in _TABLES:
         with _real_tensors():
-            _TABLES[key] = _build_search(surrogate, alpha, region, bits, device, dtype)
-    return _TABLES[key]
+            _TABLES[key] = (_build_search(surrogate, alpha, region, bits, device, dtype),)
+    return _TABLES[key][0]
 
 
 def _build_search(surrogate, alpha, region, bits, device, dtype):

@@ -1,0 +1,198 @@
+"""SUGAR under ``torch.compile``: Inductor sees the ops' pointwise meaning and fuses them.
+
+An elementwise op costs memory traffic, and only the compiler can remove it by fusing the
+activation into its neighbours (BatchNorm, residual adds, the next layer's prologue). So, for
+Inductor only, every ``sugar::`` op is registered in Inductor's decomposition table with a
+decomposition into stock aten ops that computes exactly what the kernel computes:
+
+* ``relu_forward``: ``relu(x)``; ``relu_backward``: ``grad_y * g(x)`` in opmath (the closed-form
+  s' of ``surrogates.surrogate_derivative``, the same formulas as ``csrc/sugar_math.h``);
+* ``relu_forward_codes`` / ``relu_forward_codes_``: ``relu(x)`` and the packed codes,
+  ``code = interval_codes[#{t : t < x}]`` with the count found by a branch-free binary search
+  over the sorted thresholds (exact, so codes are bit-identical to the kernels'); packing as in
+  ``codes.pack``;
+* ``relu_backward_codes``: ``grad_y * levels[code]`` after unpacking.
+
+Decomposition happens while AOTAutograd traces the joint graph, so its partitioner decides what
+is saved for backward: code modes save the packed uint8 codes (the forward's smallest output),
+exact mode at most what eager saves. ``torch.export``, ``aot_eager`` and FX graphs never use
+Inductor's table, so they keep one ``sugar::`` node per op.
+
+Opt out (run the opaque C++/CUDA/Triton kernels inside compiled graphs, e.g. to debug or where a
+measurement shows the kernel wins): ``sugar_kernels.set_compile_mode("opaque")``, the context
+manager ``sugar_kernels.compile_mode("opaque")``, or ``SUGAR_COMPILE_MODE=opaque`` in the
+environment. The mode is part of the compile caches' key (``torch.compiler.config.cache_key_tag``
+gets a ``sugar-compile=opaque`` entry while it is on), and ``sugar_relu`` reads it while Dynamo
+traces, so Dynamo guards on it: switching the mode recompiles instead of reusing stale code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from .surrogates import grad_factor
+
+MODES = ("fused", "opaque")
+_TAG = "sugar-compile=opaque"
+_state = {"mode": "fused"}
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---- the decompositions -----------------------------------------------------------------------
+def relu_forward(x, surrogate, alpha, region):
+    # Bit-identical to torch.relu and the kernels (x < 0 ? 0 : x): NaN and -0.0 pass through.
+    return torch.where(x < 0, torch.zeros_like(x), x)
+
+
+def relu_backward(grad_y, x, surrogate, alpha, region):
+    op = _opmath(x.dtype)
+    g = grad_factor(x.to(op), surrogate, alpha, region)
+    return (grad_y.to(op) * g).to(x.dtype)
+
+
+def _interval(flat: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """#{t : t < x} for sorted ``thresholds`` (int32), NaN -> 0: a branch-free binary search.
+
+    Every step halves the candidate range with one table load and one compare, so the number of
+    steps depends only on the table's (static) length, never on the data.
+    """
+    m = thresholds.numel()
+    below = torch.zeros_like(flat, dtype=torch.int32)
+    if m == 0:
+        return below
+    step = 1 << (m.bit_length() - 1)  # the largest power of two <= m
+    while step:
+        cand = below + step  # a candidate count; t[cand - 1] < x means at least cand are below x
+        probe = thresholds[torch.clamp(cand, max=m) - 1]
+        below = torch.where((cand <= m) & (probe < flat), cand, below)
+        step >>= 1
+    return below
+
+
+def _encode(x, thresholds, interval_codes, bits):
+    flat = x.reshape(-1).to(thresholds.dtype)
+    codes = interval_codes[_interval(flat, thresholds)].to(torch.int32)
+    per = 8 // bits
+    pad = (-codes.numel()) % per
+    if pad:
+        codes = torch.nn.functional.pad(codes, (0, pad))
+    shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=x.device)
+    return (codes.view(-1, per) << shifts).sum(dim=1).to(torch.uint8)
+
+
+def relu_forward_codes(x, levels, thresholds, interval_codes, search, bits):
+    return relu_forward(x, "", 0.0, ""), _encode(x, thresholds, interval_codes, bits)
+
+
+def relu_forward_codes_(x, levels, thresholds, interval_codes, search, bits):
+    codes = _encode(x, thresholds, interval_codes, bits)
+    x.copy_(relu_forward(x, "", 0.0, ""))
+    return codes
+
+
+def relu_backward_codes(grad_y, codes, levels, bits):
+    n = grad_y.numel()
+    shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=codes.device)
+    unpacked = (codes.to(torch.int32).view(-1, 1) >> shifts) & ((1 << bits) - 1)
+    level = levels[unpacked.reshape(-1)[:n]]
+    grad = grad_y.contiguous().reshape(-1).to(levels.dtype) * level
+    return grad.to(grad_y.dtype).view(grad_y.shape)
+
+
+_DECOMPOSITIONS = {
+    "relu_forward": relu_forward,
+    "relu_backward": relu_backward,
+    "relu_forward_codes": relu_forward_codes,
+    "relu_forward_codes_": relu_forward_codes_,
+    "relu_backward_codes": relu_backward_codes,
+}
+
+
+def _ops_and_decompositions():
+    """(OpOverload, decomposition) for the C++ ops and, when registered, the Triton ones."""
+    for name, fn in _DECOMPOSITIONS.items():
+        for prefix in ("", "triton_"):
+            packet = getattr(torch.ops.sugar, prefix + name, None)
+            if packet is not None:
+                yield packet.default, fn
+
+
+# ---- the mode switch --------------------------------------------------------------------------
+def _apply(mode: str) -> None:
+    from torch._inductor import decomposition as inductor_decomp
+
+    table = inductor_decomp.decompositions
+    for op, fn in _ops_and_decompositions():
+        if mode == "fused":
+            table[op] = fn
+        else:
+            table.pop(op, None)
+    # Inductor memoises the table it selects; drop the memo so the change is seen.
+    fast = getattr(inductor_decomp, "fast_random_decomps", None)
+    if fast is not None and hasattr(fast, "cache_clear"):
+        fast.cache_clear()
+    cfg = torch.compiler.config
+    tags = [t for t in cfg.cache_key_tag.split(";") if t and t != _TAG]
+    if mode == "opaque":
+        tags.append(_TAG)
+    cfg.cache_key_tag = ";".join(tags)
+    _state["mode"] = mode
+
+
+def set_compile_mode(mode: str) -> None:
+    """How sugar ops run inside ``torch.compile``d graphs (Inductor), for compilations from now on.
+
+    ``"fused"`` (default): Inductor generates and fuses their code. ``"opaque"``: compiled graphs
+    call the op's kernel (C++/CUDA/Triton), as in eager mode. Functions compiled earlier are
+    recompiled on their next call (Dynamo guards on the mode).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; valid modes: {', '.join(MODES)}")
+    _apply(mode)
+
+
+def get_compile_mode() -> str:
+    return _state["mode"]
+
+
+def traced_for_fusion() -> bool:
+    """True while torch.compile (not torch.export) traces a call that Inductor will fuse.
+
+    Evaluated by Dynamo during tracing, which makes the compiled code guard on the mode.
+    """
+    if not torch.compiler.is_compiling() or _is_exporting():
+        return False
+    return _state["mode"] == "fused"
+
+
+def _is_exporting() -> bool:
+    check = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
+    return bool(check and check())
+
+
+@contextlib.contextmanager
+def compile_mode(mode: str):
+    """Context manager form of :func:`set_compile_mode`; restores the previous mode on exit."""
+    previous = get_compile_mode()
+    set_compile_mode(mode)
+    try:
+        yield
+    finally:
+        set_compile_mode(previous)
+
+
+def install() -> None:
+    """Called once when the ops are registered: the mode from ``SUGAR_COMPILE_MODE`` (default
+    fused)."""
+    mode = os.environ.get("SUGAR_COMPILE_MODE", "fused") or "fused"
+    if mode not in MODES:
+        raise ValueError(
+            f"SUGAR_COMPILE_MODE={mode!r} is not a compile mode; valid modes: {', '.join(MODES)}"
+        )
+    _apply(mode)
