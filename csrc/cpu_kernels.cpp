@@ -17,12 +17,28 @@ struct Math<at::vec::Vectorized<S>> {
   using Mask = V;
   // exp_u20: at::vec's inlined polynomial exp (<= 20 ulp, ~1e-6 relative, inside the float32
   // tolerance; the Sleef call behind exp() costs ~1.5x more here). It maps NaN to a finite
-  // value, so NaN is put back: NaN in, NaN out, as on every other path.
+  // value, so exp() puts NaN back; exp_nan_free() need not.
+  static V exp_nan_free(const V& x) { return x.exp_u20(); }
   static V exp(const V& x) { return V::blendv(x.exp_u20(), x, x.isnan()); }
-  // 1 - erf: at::vec's erf is a fast polynomial, its erfc a much slower Sleef call (~6x here).
-  // The cancellation for erfc(z) near 0 (large z) costs ~1e-7 absolute, inside the tolerance.
-  static V erfc(const V& x) { return V(S(1)) - x.erf(); }
-  static V abs(const V& x) { return x.abs(); }
+  // erfc(z) = t * P(t) * exp(-z^2) for z >= 0, 2 - that for z < 0, t = 1 / (1 + p|z|):
+  // Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, the polynomial at::vec's float erf uses),
+  // written for erfc so that it reuses the caller's exponential and has no cancellation for
+  // large z. float only; float64 calls the accurate erfc.
+  static V erfc_given_exp(const V& z, const V& e) {
+    if constexpr (std::is_same_v<S, float>) {
+      const V t = V(1.f) / at::vec::fmadd(V(0.3275911f), z.abs(), V(1.f));
+      V poly = at::vec::fmadd(V(1.061405429f), t, V(-1.453152027f));
+      poly = at::vec::fmadd(poly, t, V(1.421413741f));
+      poly = at::vec::fmadd(poly, t, V(-0.284496736f));
+      poly = at::vec::fmadd(poly, t, V(0.254829592f));
+      const V tail = poly * t * e;  // erfc(|z|)
+      return V::blendv(tail, V(2.f) - tail, z < V(0.f));
+    } else {
+      return z.erfc();
+    }
+  }
+  static V neg_abs(const V& x) { return x | V(S(-0.0)); }  // sets the sign bit (NaN stays NaN)
+  static V clamp(const V& x, const V& lo, const V& hi) { return at::vec::clamp(x, lo, hi); }
   static V select(const V& m, const V& a, const V& b) { return V::blendv(b, a, m); }
 };
 
@@ -30,27 +46,74 @@ namespace {
 
 constexpr int64_t kGrainSize = 32768;  // elements per parallel task
 
-// Load/store `count` (<= V::size()) elements as an opmath vector, converting half/bfloat16.
-template <typename scalar_t, typename V = at::vec::Vectorized<at::opmath_type<scalar_t>>>
-V load(const scalar_t* p, int64_t count) {
-  if constexpr (std::is_same_v<scalar_t, typename V::value_type>) {
-    return V::loadu(p, count);
-  } else {
-    typename V::value_type buf[V::size()] = {};
-    for (int64_t j = 0; j < count; ++j) buf[j] = p[j];
-    return V::loadu(buf);
+// A chunk of elements as opmath vectors: two Vectorized<opmath> per chunk for every dtype (one
+// Vectorized<half/bfloat16> converts to two float vectors; float/double are unrolled by two for
+// instruction-level parallelism). Full chunks and the tail of a range go through the same
+// conversions, so every element's result is independent of where a thread's range starts.
+template <typename scalar_t>
+struct Chunk {
+  using T = at::opmath_type<scalar_t>;
+  using V = at::vec::Vectorized<T>;
+  using VS = at::vec::Vectorized<scalar_t>;
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, T>;
+  static constexpr int64_t kSize = 2 * V::size();
+  static_assert(!kReduced || VS::size() == kSize, "one reduced vector holds two float vectors");
+
+  V lo, hi;
+
+  static Chunk load(const scalar_t* p, int64_t count = kSize) {
+    if constexpr (kReduced) {
+      auto [a, b] = at::vec::convert_to_float<scalar_t>(VS::loadu(p, count));
+      return {a, b};
+    } else if (count == kSize) {
+      return {V::loadu(p), V::loadu(p + V::size())};
+    } else {
+      const int64_t first = std::min<int64_t>(count, V::size());
+      return {V::loadu(p, first), V::loadu(p + first, count - first)};
+    }
   }
+
+  void store(scalar_t* p, int64_t count = kSize) const {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<scalar_t>(lo, hi).store(p, count);
+    } else if (count == kSize) {
+      lo.store(p);
+      hi.store(p + V::size());
+    } else {
+      const int64_t first = std::min<int64_t>(count, V::size());
+      lo.store(p, first);
+      if (count > first) hi.store(p + first, count - first);
+    }
+  }
+};
+
+// Calls body(i, count) over [begin, end) in chunks: full ones, then the tail.
+template <int64_t kSize, typename F>
+inline void for_chunks(int64_t begin, int64_t end, F&& body) {
+  int64_t i = begin;
+  for (; i + kSize <= end; i += kSize) body(i, kSize);
+  if (i < end) body(i, end - i);
 }
 
-template <typename scalar_t, typename V>
-void store(scalar_t* p, const V& v, int64_t count) {
-  if constexpr (std::is_same_v<scalar_t, typename V::value_type>) {
-    v.store(p, count);
-  } else {
-    typename V::value_type buf[V::size()];
-    v.store(buf);
-    for (int64_t j = 0; j < count; ++j) p[j] = static_cast<scalar_t>(buf[j]);
-  }
+}  // namespace
+
+namespace {
+
+// grad_x = grad_y * g(x) on [begin, end). flatten: GCC otherwise keeps at::vec's exp/erf as
+// out-of-line calls in this loop and spills every live vector around them (~2x slower).
+template <Surrogate S, typename scalar_t, typename T>
+__attribute__((flatten)) void backward_range(const scalar_t* grad_y, const scalar_t* x,
+                                             scalar_t* grad_x, int64_t begin, int64_t end,
+                                             T alpha_, bool negative_only) {
+  using C = Chunk<scalar_t>;
+  const typename C::V alpha(alpha_);
+  for_chunks<C::kSize>(begin, end, [&](int64_t i, int64_t count) {
+    const C xs = C::load(x + i, count);
+    C g = C::load(grad_y + i, count);
+    g.lo = g.lo * grad_factor<S>(xs.lo, alpha, negative_only);
+    g.hi = g.hi * grad_factor<S>(xs.hi, alpha, negative_only);
+    g.store(grad_x + i, count);
+  });
 }
 
 }  // namespace
@@ -71,19 +134,16 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y_, const void* x
                        int64_t n, const GradParams& params) {
   dispatch_float_types(dtype, "sugar::relu_backward", [&](auto tag) {
     using scalar_t = decltype(tag);
-    using V = at::vec::Vectorized<at::opmath_type<scalar_t>>;
+    using C = Chunk<scalar_t>;
     const auto* grad_y = static_cast<const scalar_t*>(grad_y_);
     const auto* x = static_cast<const scalar_t*>(x_);
     auto* grad_x = static_cast<scalar_t*>(grad_x_);
-    const V alpha(static_cast<typename V::value_type>(params.alpha));
+    const auto alpha = static_cast<typename C::T>(params.alpha);
+    const bool negative_only = params.negative_only;
     dispatch_surrogate(params.surrogate, [&](auto surrogate) {  // one loop per surrogate
-      constexpr Surrogate S = decltype(surrogate)::value;
       at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; i += V::size()) {
-          const int64_t count = std::min<int64_t>(V::size(), end - i);
-          const V g = grad_factor<S>(load(x + i, count), alpha, params.negative_only);
-          store(grad_x + i, load(grad_y + i, count) * g, count);
-        }
+        backward_range<decltype(surrogate)::value>(grad_y, x, grad_x, begin, end, alpha,
+                                                   negative_only);
       });
     });
   });
@@ -108,7 +168,14 @@ void encode_block_simd(const scalar_t* x, scalar_t* y, uint8_t* codes,
   const auto* bucket_start = reinterpret_cast<const float*>(table.bucket_start);
   const auto* codes32 = reinterpret_cast<const float*>(interval_codes32);
   for (int v = 0; v < kBlock; v += V::size()) {
-    const V xv = load(x + v, V::size());
+    V xv;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      xv = V::loadu(x + v);
+    } else {
+      float buf[V::size()];
+      for (int j = 0; j < V::size(); ++j) buf[j] = x[v + j];
+      xv = V::loadu(buf);
+    }
     // interval_of() on all lanes: bucket, its first candidate, then `scan` comparisons.
     V u = (xv - lo) * inv_width;
     u = V::blendv(zero, u, u > zero);  // NaN -> 0
