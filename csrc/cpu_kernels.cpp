@@ -4,6 +4,8 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "sugar_kernels.h"
@@ -149,70 +151,259 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y_, const void* x
   });
 }
 
+// ---- Code modes ---------------------------------------------------------------------------------
+// Float opmath (float, half, bfloat16) runs 16 elements (two 8-lane vectors) per step with AVX2;
+// float64, tails shorter than a step and builds without AVX2 use the scalar encode_byte /
+// decode_byte of sugar_math.h. Codes are exactly codes.py's: interval_codes[#{t : t < x}] with
+// the comparison in float, NaN in interval 0, 8 / bits codes per byte from the low bits up.
+#if defined(CPU_CAPABILITY_AVX2)
+#define SUGAR_CODES_AVX2 1
+#include <immintrin.h>
+#endif
+
 namespace {
 
-// Forward of one block of kBlock elements (a whole number of packed bytes) with SIMD:
-// interval_of() on Vectorized lanes (gathers), then the codes (gathered from an int32 copy of
-// interval_codes) packed kBits at a time. Float opmath only.
-constexpr int kBlock = at::vec::Vectorized<float>::size() > 8 ? at::vec::Vectorized<float>::size() : 8;
+constexpr int64_t kStep = 16;  // elements per SIMD step: a whole number of bytes at every bits
 
-template <int kBits, typename scalar_t>
-void encode_block_simd(const scalar_t* x, scalar_t* y, uint8_t* codes,
-                       const CodeTable<float>& table, const int32_t* interval_codes32) {
-  using V = at::vec::Vectorized<float>;
-  using VI = at::vec::Vectorized<int32_t>;
-  static_assert(VI::size() == V::size(), "gather needs one int32 lane per float lane");
-  constexpr int kPer = 8 / kBits;
-  int32_t code[kBlock];
-  const V lo(table.lo), inv_width(table.inv_width), zero(0.f), last(kSearchBuckets - 1);
-  const auto* bucket_start = reinterpret_cast<const float*>(table.bucket_start);
-  const auto* codes32 = reinterpret_cast<const float*>(interval_codes32);
-  for (int v = 0; v < kBlock; v += V::size()) {
-    V xv;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      xv = V::loadu(x + v);
-    } else {
-      float buf[V::size()];
-      for (int j = 0; j < V::size(); ++j) buf[j] = x[v + j];
-      xv = V::loadu(buf);
+#ifdef SUGAR_CODES_AVX2
+
+// The code search without a memory access per element, for tables of up to 64 thresholds
+// (bits 1, 2 and 4 of every surrogate): the thresholds are split into G <= 8 groups of s <= 8.
+// g = #{k in 1..G-1 : t[s k] < x} needs G - 1 compares against broadcast values; as the table is
+// sorted, #{t < x} = s g + #{j < s : t[s g + j] < x}, whose thresholds come from registers by one
+// in-lane permute per j (lane g of register j holds t[s g + j]). The code follows by telescoping:
+// interval_codes[s g + c] = base[g] + sum over the j < c of delta[j][g]. Every index is a
+// register lane or below num_thresholds by construction; an unsorted (corrupt) table gives wrong
+// but in-range codes (they are masked to `bits` bits).
+constexpr int kRegisterMaxThresholds = 64;
+
+struct RegisterSearch {
+  int groups = 1, group_size = 1;
+  int32_t code_mask = 0;
+  float boundary[8] = {};                    // t[s k], k = 1 .. groups - 1
+  alignas(32) float threshold[8][8] = {};    // [j][g] = t[s g + j], +inf past the table
+  alignas(32) int32_t delta[8][8] = {};      // [j][g] = code change across t[s g + j]
+  alignas(32) int32_t base[8] = {};          // [g] = interval_codes[s g]
+
+  RegisterSearch(const float* t, const uint8_t* interval_codes, int count, int bits)
+      : code_mask((1 << bits) - 1) {
+    group_size = std::max(1, (count + 7) / 8);
+    groups = std::max(1, (count + group_size - 1) / group_size);
+    for (int k = 1; k < groups; ++k) boundary[k] = t[group_size * k];
+    for (int g = 0; g < 8; ++g) {
+      const int first = std::min(group_size * g, count);
+      base[g] = interval_codes[first];
+      for (int j = 0; j < group_size; ++j) {
+        const int i = group_size * g + j;
+        const bool real = g < groups && i < count;
+        threshold[j][g] = real ? t[i] : std::numeric_limits<float>::infinity();
+        delta[j][g] = real ? interval_codes[i + 1] - interval_codes[i] : 0;
+      }
     }
-    // interval_of() on all lanes: bucket, its first candidate, then `scan` comparisons.
-    V u = (xv - lo) * inv_width;
-    u = V::blendv(zero, u, u > zero);  // NaN -> 0
-    u = V::blendv(u, last, u > last);
-    const VI bucket = at::vec::convert_to_int_of_same_size(u);
-    const VI first = at::vec::cast<int32_t>(at::vec::gather<sizeof(float)>(bucket_start, bucket));
-    VI below = first;
+  }
+
+  __m256i operator()(__m256 x) const {
+    __m256i g = _mm256_setzero_si256();
+    for (int k = 1; k < groups; ++k) {  // a true compare is all ones, i.e. -1
+      const __m256 below = _mm256_cmp_ps(_mm256_set1_ps(boundary[k]), x, _CMP_LT_OQ);
+      g = _mm256_sub_epi32(g, _mm256_castps_si256(below));
+    }
+    __m256i code = _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)base), g);
+    for (int j = 0; j < group_size; ++j) {
+      const __m256 t = _mm256_permutevar8x32_ps(_mm256_load_ps(threshold[j]), g);
+      const __m256i d =
+          _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)delta[j]), g);
+      const __m256i below = _mm256_castps_si256(_mm256_cmp_ps(t, x, _CMP_LT_OQ));
+      code = _mm256_add_epi32(code, _mm256_and_si256(below, d));
+    }
+    return _mm256_and_si256(code, _mm256_set1_epi32(code_mask));
+  }
+};
+
+// Larger tables (bits = 8): interval_of() of sugar_math.h on 8 lanes with gathers: the bucket's
+// first candidate, `scan` comparisons, the code. Indices are clamped into the padded table.
+struct GatherSearch {
+  const CodeTable<float>& table;
+  const int32_t* interval_codes32;  // num_thresholds + 1 entries
+  int last_start, last_interval;
+
+  __m256i operator()(__m256 x) const {
+    __m256 u = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_set1_ps(table.lo)),
+                             _mm256_set1_ps(table.inv_width));
+    u = _mm256_min_ps(_mm256_max_ps(u, _mm256_setzero_ps()),  // NaN -> 0
+                      _mm256_set1_ps(float(kSearchBuckets - 1)));
+    __m256i first = _mm256_i32gather_epi32(table.bucket_start, _mm256_cvttps_epi32(u), 4);
+    first = _mm256_min_epi32(_mm256_max_epi32(first, _mm256_setzero_si256()),
+                             _mm256_set1_epi32(last_start));
+    __m256i below = first;
     for (int k = 0; k < table.scan; ++k) {
-      const V t = at::vec::gather<sizeof(float)>(table.thresholds, first + VI(k));
-      below = below - at::vec::cast<int32_t>(t < xv);  // a true lane is -1
+      const __m256 t = _mm256_i32gather_ps(table.thresholds,
+                                           _mm256_add_epi32(first, _mm256_set1_epi32(k)), 4);
+      below = _mm256_sub_epi32(below, _mm256_castps_si256(_mm256_cmp_ps(t, x, _CMP_LT_OQ)));
     }
-    at::vec::cast<int32_t>(at::vec::gather<sizeof(float)>(codes32, below)).store(code + v);
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      V::blendv(xv, zero, xv < zero).store(y + v);  // relu(): keeps -0.0 and NaN
+    below = _mm256_min_epi32(below, _mm256_set1_epi32(last_interval));
+    return _mm256_i32gather_epi32(interval_codes32, below, 4);
+  }
+};
+
+// Packs 8 codes (int32 lanes, < 2^kBits) into kBits bytes at p: code i at bit i * kBits.
+template <int kBits>
+inline void pack8(__m256i code, uint8_t* p) {
+  if constexpr (kBits == 8) {
+    const __m256i bytes = _mm256_shuffle_epi8(  // byte 0 of each lane to the low dword of a half
+        code, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4,
+                               8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+    const __m256i joined = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(joined));
+  } else {
+    const __m256i shifted = _mm256_sllv_epi32(
+        code, _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 4 * kBits, 5 * kBits, 6 * kBits,
+                                7 * kBits));
+    // The fields do not overlap: OR the 8 lanes together.
+    __m128i v = _mm_or_si128(_mm256_castsi256_si128(shifted), _mm256_extracti128_si256(shifted, 1));
+    v = _mm_or_si128(v, _mm_shuffle_epi32(v, 0x4E));
+    v = _mm_or_si128(v, _mm_shuffle_epi32(v, 0xB1));
+    const uint32_t word = static_cast<uint32_t>(_mm_cvtsi128_si32(v));
+    std::memcpy(p, &word, kBits);  // little endian: the low kBits bytes
+  }
+}
+
+// Unpacks the 8 codes of the kBits bytes at p into int32 lanes.
+template <int kBits>
+inline __m256i unpack8(const uint8_t* p) {
+  if constexpr (kBits == 8) {
+    int64_t word;
+    std::memcpy(&word, p, 8);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(word));
+  } else {
+    uint32_t word = 0;
+    std::memcpy(&word, p, kBits);
+    const __m256i shifted = _mm256_srlv_epi32(
+        _mm256_set1_epi32(static_cast<int32_t>(word)),
+        _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 4 * kBits, 5 * kBits, 6 * kBits,
+                          7 * kBits));
+    return _mm256_and_si256(shifted, _mm256_set1_epi32((1 << kBits) - 1));
+  }
+}
+
+// levels[code] for 8 codes: in-register permutes for up to 16 levels, a gather for 256.
+template <int kBits>
+struct LevelLookup {
+  alignas(32) float table[kBits == 8 ? 256 : 16] = {};
+
+  explicit LevelLookup(const float* levels) {
+    for (int i = 0; i < (1 << kBits); ++i) table[i] = levels[i];
+  }
+
+  __m256 operator()(__m256i code) const {
+    if constexpr (kBits == 8) {
+      return _mm256_i32gather_ps(table, code, 4);  // code < 256 by construction (unpack8)
+    } else {
+      const __m256 low = _mm256_permutevar8x32_ps(_mm256_load_ps(table), code);
+      if constexpr (kBits < 4) return low;
+      const __m256 high = _mm256_permutevar8x32_ps(_mm256_load_ps(table + 8), code);
+      return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(code, 28)));
     }
   }
-  if constexpr (!std::is_same_v<scalar_t, float>) {
-    for (int j = 0; j < kBlock; ++j) y[j] = relu(x[j]);
+};
+
+// relu() of a step in the storage type, bit-identical to torch.relu (-0.0 and NaN kept).
+template <typename scalar_t>
+inline void relu_step(const scalar_t* x, const Chunk<scalar_t>& xs, scalar_t* y) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 neg_lo = _mm256_cmp_ps(xs.lo, zero, _CMP_LT_OQ);
+  const __m256 neg_hi = _mm256_cmp_ps(xs.hi, zero, _CMP_LT_OQ);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    _mm256_storeu_ps(y, _mm256_blendv_ps(xs.lo, zero, neg_lo));
+    _mm256_storeu_ps(y + 8, _mm256_blendv_ps(xs.hi, zero, neg_hi));
+  } else {  // 16-bit storage: clear the negative elements' bits
+    const __m256i neg = _mm256_permute4x64_epi64(
+        _mm256_packs_epi32(_mm256_castps_si256(neg_lo), _mm256_castps_si256(neg_hi)), 0xD8);
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), _mm256_andnot_si256(neg, raw));
   }
-  for (int byte = 0; byte < kBlock / kPer; ++byte) {
-    uint32_t packed = 0;
-    for (int j = 0; j < kPer; ++j) packed |= static_cast<uint32_t>(code[byte * kPer + j]) << (j * kBits);
-    codes[byte] = static_cast<uint8_t>(packed);
+}
+
+// Forward over whole steps [first, last): y = relu(x), codes. flatten: one inlined loop.
+template <int kBits, typename scalar_t, typename Search>
+__attribute__((flatten)) void encode_steps(const scalar_t* x, scalar_t* y, uint8_t* codes,
+                                           int64_t first, int64_t last, const Search& search) {
+  using C = Chunk<scalar_t>;
+  for (int64_t s = first; s < last; ++s) {
+    const int64_t i = s * kStep;
+    const C xs = C::load(x + i);  // before y is written: y may alias x
+    const __m256i code_lo = search(xs.lo), code_hi = search(xs.hi);
+    relu_step(x + i, xs, y + i);
+    pack8<kBits>(code_lo, codes + s * 2 * kBits);
+    pack8<kBits>(code_hi, codes + s * 2 * kBits + kBits);
   }
 }
 
 template <int kBits, typename scalar_t>
-void encode_blocks_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t blocks,
-                        const CodeTable<float>& table, const int32_t* interval_codes32) {
-  constexpr int64_t kBytesPerBlock = kBlock * kBits / 8;
-  at::parallel_for(0, blocks, kGrainSize / kBlock, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      encode_block_simd<kBits>(x + b * kBlock, y + b * kBlock, codes + b * kBytesPerBlock, table,
-                               interval_codes32);
-    }
-  });
+__attribute__((flatten)) void decode_steps(const scalar_t* grad_y, const uint8_t* codes,
+                                           scalar_t* grad_x, int64_t first, int64_t last,
+                                           const LevelLookup<kBits>& lookup) {
+  using C = Chunk<scalar_t>;
+  for (int64_t s = first; s < last; ++s) {
+    const int64_t i = s * kStep;
+    C g = C::load(grad_y + i);
+    g.lo = g.lo * typename C::V(lookup(unpack8<kBits>(codes + s * 2 * kBits)));
+    g.hi = g.hi * typename C::V(lookup(unpack8<kBits>(codes + s * 2 * kBits + kBits)));
+    g.store(grad_x + i);
+  }
 }
+
+// Whole steps in parallel; returns how many elements they covered.
+template <typename scalar_t>
+int64_t encode_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t n,
+                    const CodeArgs& args, const CodeTable<float>& table) {
+  const int64_t steps = n / kStep;
+  const auto* t = static_cast<const float*>(args.thresholds);
+  const int count = args.num_thresholds;
+  auto run = [&](auto bits, const auto& search) {
+    at::parallel_for(0, steps, kGrainSize / kStep, [&](int64_t first, int64_t last) {
+      encode_steps<decltype(bits)::value>(x, y, codes, first, last, search);
+    });
+  };
+  auto with_bits = [&](const auto& search) {
+    switch (args.bits) {
+      case 1: return run(std::integral_constant<int, 1>{}, search);
+      case 2: return run(std::integral_constant<int, 2>{}, search);
+      case 4: return run(std::integral_constant<int, 4>{}, search);
+      default: return run(std::integral_constant<int, 8>{}, search);
+    }
+  };
+  if (count <= kRegisterMaxThresholds) {
+    with_bits(RegisterSearch(t, args.interval_codes, count, args.bits));
+  } else {
+    int32_t codes32[kMaxIntervals];
+    for (int i = 0; i <= count; ++i) codes32[i] = args.interval_codes[i];
+    with_bits(GatherSearch{table, codes32, count, count});
+  }
+  return steps * kStep;
+}
+
+template <typename scalar_t>
+int64_t decode_simd(const scalar_t* grad_y, const uint8_t* codes, const float* levels,
+                    scalar_t* grad_x, int64_t n, int bits) {
+  const int64_t steps = n / kStep;
+  auto run = [&](auto kbits) {
+    constexpr int kBits = decltype(kbits)::value;
+    const LevelLookup<kBits> lookup(levels);
+    at::parallel_for(0, steps, kGrainSize / kStep, [&](int64_t first, int64_t last) {
+      decode_steps<kBits>(grad_y, codes, grad_x, first, last, lookup);
+    });
+  };
+  switch (bits) {
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    default: run(std::integral_constant<int, 8>{}); break;
+  }
+  return steps * kStep;
+}
+
+#endif  // SUGAR_CODES_AVX2
 
 }  // namespace
 
@@ -225,21 +416,12 @@ void relu_forward_codes_cpu(c10::ScalarType dtype, const void* x_, void* y_, uin
     auto* y = static_cast<scalar_t*>(y_);
     T padded[kMaxPadded];
     const CodeTable<T> table = make_code_table<T>(args, padded);
-    // Float opmath: SIMD over whole blocks. The rest (and float64) byte by byte.
-    int64_t blocks = 0;
-    if constexpr (std::is_same_v<T, float>) {
-      int32_t interval_codes32[kMaxIntervals];
-      for (int i = 0; i <= args.num_thresholds; ++i) interval_codes32[i] = args.interval_codes[i];
-      blocks = n / kBlock;
-      switch (args.bits) {
-        case 1: encode_blocks_simd<1>(x, y, codes, blocks, table, interval_codes32); break;
-        case 2: encode_blocks_simd<2>(x, y, codes, blocks, table, interval_codes32); break;
-        case 4: encode_blocks_simd<4>(x, y, codes, blocks, table, interval_codes32); break;
-        default: encode_blocks_simd<8>(x, y, codes, blocks, table, interval_codes32); break;
-      }
-    }
+    int64_t done = 0;  // elements encoded by whole SIMD steps (a whole number of bytes)
+#ifdef SUGAR_CODES_AVX2
+    if constexpr (std::is_same_v<T, float>) done = encode_simd(x, y, codes, n, args, table);
+#endif
     const int per = 8 / args.bits;
-    at::parallel_for(blocks * kBlock / per, packed_size(n, args.bits), kGrainSize / per,
+    at::parallel_for(done / per, packed_size(n, args.bits), kGrainSize / per,
                      [&](int64_t begin, int64_t end) {
       for (int64_t byte = begin; byte < end; ++byte) {
         encode_byte(x, y, codes, byte, n, args.bits, table);
@@ -256,8 +438,15 @@ void relu_backward_codes_cpu(c10::ScalarType dtype, const void* grad_y_, const u
     const auto* grad_y = static_cast<const scalar_t*>(grad_y_);
     const auto* levels = static_cast<const T*>(levels_);
     auto* grad_x = static_cast<scalar_t*>(grad_x_);
-    at::parallel_for(0, packed_size(n, bits), kGrainSize * bits / 8, [&](int64_t begin,
-                                                                          int64_t end) {
+    int64_t done = 0;
+#ifdef SUGAR_CODES_AVX2
+    if constexpr (std::is_same_v<T, float>) {
+      done = decode_simd(grad_y, codes, levels, grad_x, n, bits);
+    }
+#endif
+    const int per = 8 / bits;
+    at::parallel_for(done / per, packed_size(n, bits), kGrainSize * bits / 8,
+                     [&](int64_t begin, int64_t end) {
       for (int64_t byte = begin; byte < end; ++byte) {
         decode_byte(grad_y, codes, levels, grad_x, byte, n, bits);
       }
