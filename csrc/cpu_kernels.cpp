@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
 #include <type_traits>
 
 #include "sugar_kernels.h"
@@ -220,8 +221,64 @@ struct RegisterSearch {
   }
 };
 
-// Larger tables (bits = 8): interval_of() of sugar_math.h on 8 lanes with gathers: the bucket's
-// first candidate, `scan` comparisons, the code. Indices are clamped into the padded table.
+// Larger tables (bits = 8): a uniform grid of C cells over [t[0], t[last]] fine enough that
+// no two thresholds share a cell, built per call. cell() is monotone in x (every float step of
+// it is), so every threshold in a lower cell is < x and every one in a higher cell is > x:
+// #{t < x} = below[cell] + (t_cell < x), two independent table loads (no search chain).
+// The host computes each threshold's cell with the same float operations as the kernel, so
+// the grid is exact, rounding included.
+struct CellSearch {
+  static constexpr int kMinCells = 1024, kMaxCells = 65536;
+  float lo = 0.f, scale = 0.f, last = 0.f;
+  std::vector<float> threshold;  // the cell's threshold, +inf if none
+  std::vector<int32_t> code;     // code below | code above << 8
+
+  static float cell_of(float x, float lo, float scale, float last) {
+    const float u = (x - lo) * scale;
+    return std::min(std::max(u, 0.f), last);  // NaN -> 0 as _mm256_max_ps(u, 0) does
+  }
+
+  // Builds the coarsest grid that separates the thresholds, of at most max_cells (and
+  // kMaxCells) cells; false if there is none.
+  bool build(const float* t, const uint8_t* interval_codes, int count, int64_t max_cells) {
+    const float span = count ? t[count - 1] - t[0] : 0.f;
+    for (int cells = kMinCells; cells <= std::min<int64_t>(kMaxCells, max_cells); cells *= 2) {
+      lo = count ? t[0] : 0.f;
+      scale = span > 0.f ? float(cells) / span : 0.f;
+      last = float(cells - 1);
+      bool separated = true;
+      for (int i = 1; i < count && separated; ++i) {
+        separated = int(cell_of(t[i - 1], lo, scale, last)) < int(cell_of(t[i], lo, scale, last));
+      }
+      if (!separated) continue;
+      threshold.assign(cells, std::numeric_limits<float>::infinity());
+      code.resize(cells);
+      int below = 0;  // thresholds in lower cells
+      for (int c = 0; c < cells; ++c) {
+        const bool has = below < count && int(cell_of(t[below], lo, scale, last)) == c;
+        if (has) threshold[c] = t[below];
+        code[c] = interval_codes[below] | (interval_codes[below + (has ? 1 : 0)] << 8);
+        below += has ? 1 : 0;
+      }
+      return true;
+    }
+    return false;
+  }
+
+  __m256i operator()(__m256 x) const {
+    __m256 u = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_set1_ps(lo)), _mm256_set1_ps(scale));
+    u = _mm256_min_ps(_mm256_max_ps(u, _mm256_setzero_ps()), _mm256_set1_ps(last));
+    const __m256i cell = _mm256_cvttps_epi32(u);
+    const __m256 t = _mm256_i32gather_ps(threshold.data(), cell, 4);
+    const __m256i both = _mm256_i32gather_epi32(code.data(), cell, 4);
+    const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(t, x, _CMP_LT_OQ));
+    const __m256i pick = _mm256_srlv_epi32(both, _mm256_and_si256(above, _mm256_set1_epi32(8)));
+    return _mm256_and_si256(pick, _mm256_set1_epi32(0xFF));
+  }
+};
+
+// Fallback (tables no affordable grid separates): interval_of() of sugar_math.h per lane, the
+// bucket's first candidate, `scan` comparisons, the code. Indices are clamped into the tables.
 struct GatherSearch {
   const CodeTable<float>& table;
   const int32_t* interval_codes32;  // num_thresholds + 1 entries
@@ -232,17 +289,22 @@ struct GatherSearch {
                              _mm256_set1_ps(table.inv_width));
     u = _mm256_min_ps(_mm256_max_ps(u, _mm256_setzero_ps()),  // NaN -> 0
                       _mm256_set1_ps(float(kSearchBuckets - 1)));
-    __m256i first = _mm256_i32gather_epi32(table.bucket_start, _mm256_cvttps_epi32(u), 4);
-    first = _mm256_min_epi32(_mm256_max_epi32(first, _mm256_setzero_si256()),
-                             _mm256_set1_epi32(last_start));
-    __m256i below = first;
-    for (int k = 0; k < table.scan; ++k) {
-      const __m256 t = _mm256_i32gather_ps(table.thresholds,
-                                           _mm256_add_epi32(first, _mm256_set1_epi32(k)), 4);
-      below = _mm256_sub_epi32(below, _mm256_castps_si256(_mm256_cmp_ps(t, x, _CMP_LT_OQ)));
+    alignas(32) int32_t bucket[8];
+    alignas(32) float xs[8];
+    int32_t code[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bucket), _mm256_cvttps_epi32(u));
+    _mm256_store_ps(xs, x);
+    const float* t = table.thresholds;
+    const int scan = table.scan;
+    for (int lane = 0; lane < 8; ++lane) {  // scalar loads: far cheaper than gathers here
+      const int first = std::clamp(table.bucket_start[bucket[lane]], 0, last_start);
+      int below = first;
+      for (int k = 0; k < scan; ++k) below += t[first + k] < xs[lane];
+      code[lane] = interval_codes32[std::min(below, last_interval)];
     }
-    below = _mm256_min_epi32(below, _mm256_set1_epi32(last_interval));
-    return _mm256_i32gather_epi32(interval_codes32, below, 4);
+    // Built from registers: a vector load of just-stored scalars would stall store forwarding.
+    return _mm256_setr_epi32(code[0], code[1], code[2], code[3], code[4], code[5], code[6],
+                             code[7]);
   }
 };
 
@@ -373,8 +435,11 @@ int64_t encode_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t n,
       default: return run(std::integral_constant<int, 8>{}, search);
     }
   };
+  CellSearch cells;
   if (count <= kRegisterMaxThresholds) {
     with_bits(RegisterSearch(t, args.interval_codes, count, args.bits));
+  } else if (cells.build(t, args.interval_codes, count, n / 16)) {  // build cost << n
+    with_bits(cells);
   } else {
     int32_t codes32[kMaxIntervals];
     for (int i = 0; i <= count; ++i) codes32[i] = args.interval_codes[i];
