@@ -38,8 +38,8 @@ constexpr double kDerivativeClamp = 1.0e4;
 // Math<T>: the few non-operator functions the formulas need, per value type. The scalar ones
 // are below; the SIMD one (csrc/cpu_kernels.cpp) may take the shortcuts the comments allow.
 //   exp(x)                 e^x, NaN for NaN
-//   exp_nan_free(x)        e^x where a NaN x makes the caller's result NaN anyway: the result
-//                          for a NaN x may be any value (saves the SIMD exp its NaN fix-up)
+//   exp_nonpositive(x)     e^x for x <= 0 where a NaN x makes the caller's result NaN anyway:
+//                          any value for x > 0 or NaN (the SIMD version skips those cases)
 //   erfc_given_exp(z, e)   erfc(z), given e = exp(-z*z) (the SIMD float version uses it)
 //   neg_abs(x)             -|x|
 //   clamp(x, lo, hi)       min(max(x, lo), hi), NaN stays NaN
@@ -50,7 +50,7 @@ template <>
 struct Math<float> {
   using Mask = bool;
   static SUGAR_HD float exp(float x) { return ::expf(x); }
-  static SUGAR_HD float exp_nan_free(float x) { return ::expf(x); }
+  static SUGAR_HD float exp_nonpositive(float x) { return ::expf(x); }
   static SUGAR_HD float erfc_given_exp(float z, float) { return ::erfcf(z); }
   static SUGAR_HD float neg_abs(float x) { return -::fabsf(x); }
   static SUGAR_HD float clamp(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
@@ -61,7 +61,7 @@ template <>
 struct Math<double> {
   using Mask = bool;
   static SUGAR_HD double exp(double x) { return ::exp(x); }
-  static SUGAR_HD double exp_nan_free(double x) { return ::exp(x); }
+  static SUGAR_HD double exp_nonpositive(double x) { return ::exp(x); }
   static SUGAR_HD double erfc_given_exp(double z, double) { return ::erfc(z); }
   static SUGAR_HD double neg_abs(double x) { return -::fabs(x); }
   static SUGAR_HD double clamp(double x, double lo, double hi) {
@@ -80,7 +80,7 @@ struct SigmoidPair {
 template <typename T>
 SUGAR_HD SigmoidPair<T> sigmoid_pair(T x) {
   using M = Math<T>;
-  const T e = M::exp_nan_free(M::neg_abs(x));
+  const T e = M::exp_nonpositive(M::neg_abs(x));
   const T inv = T(1) / (T(1) + e);
   const auto pos = x >= T(0);
   return {M::select(pos, inv, e * inv), M::select(pos, e * inv, inv), e};
@@ -104,7 +104,7 @@ SUGAR_HD T surrogate_derivative(T x, T alpha) {
     return T(kSeluLambda) * M::select(x > zero, one, T(kSeluAlpha) * M::exp(x));
   } else if constexpr (S == Surrogate::GELU) {
     // One exponential for both: exp(-x^2/2) is the pdf's and erfc's exp(-z^2), z = -x/sqrt2.
-    const T e = M::exp_nan_free(T(-0.5) * x * x);
+    const T e = M::exp_nonpositive(T(-0.5) * x * x);
     const T cdf = T(0.5) * M::erfc_given_exp((zero - x) * T(kInvSqrt2), e);
     return cdf + x * (e * T(kInvSqrt2Pi));
   } else if constexpr (S == Surrogate::SiLU) {
