@@ -252,8 +252,9 @@ struct RegisterSearch {
 struct CellSearch {
   static constexpr int kMinCells = 1024, kMaxCells = 65536;
   float lo = 0.f, scale = 0.f, last = 0.f;
-  std::vector<float> threshold;  // the cell's threshold, +inf if none
-  std::vector<int32_t> code;     // code below | code above << 8
+  // Per cell, one 64-bit entry: the cell's threshold (+inf if none) in the low 32 bits, the code
+  // below it and the code above it in the next two bytes. One 4-lane gather fetches 4 entries.
+  std::vector<uint64_t> entry;
 
   static float cell_of(float x, float lo, float scale, float last) {
     const float u = (x - lo) * scale;
@@ -273,13 +274,15 @@ struct CellSearch {
         separated = int(cell_of(t[i - 1], lo, scale, last)) < int(cell_of(t[i], lo, scale, last));
       }
       if (!separated) continue;
-      threshold.assign(cells, std::numeric_limits<float>::infinity());
-      code.resize(cells);
+      entry.resize(cells);
       int below = 0;  // thresholds in lower cells
       for (int c = 0; c < cells; ++c) {
         const bool has = below < count && int(cell_of(t[below], lo, scale, last)) == c;
-        if (has) threshold[c] = t[below];
-        code[c] = interval_codes[below] | (interval_codes[below + (has ? 1 : 0)] << 8);
+        const float threshold = has ? t[below] : std::numeric_limits<float>::infinity();
+        uint32_t threshold_bits;
+        std::memcpy(&threshold_bits, &threshold, 4);
+        const uint32_t codes = interval_codes[below] | (interval_codes[below + (has ? 1 : 0)] << 8);
+        entry[c] = threshold_bits | (uint64_t{codes} << 32);
         below += has ? 1 : 0;
       }
       return true;
@@ -291,8 +294,16 @@ struct CellSearch {
     __m256 u = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_set1_ps(lo)), _mm256_set1_ps(scale));
     u = _mm256_min_ps(_mm256_max_ps(u, _mm256_setzero_ps()), _mm256_set1_ps(last));
     const __m256i cell = _mm256_cvttps_epi32(u);
-    const __m256 t = _mm256_i32gather_ps(threshold.data(), cell, 4);
-    const __m256i both = _mm256_i32gather_epi32(code.data(), cell, 4);
+    const auto* table = reinterpret_cast<const long long*>(entry.data());
+    const __m256i e0 = _mm256_i32gather_epi64(table, _mm256_castsi256_si128(cell), 8);
+    const __m256i e1 = _mm256_i32gather_epi64(table, _mm256_extracti128_si256(cell, 1), 8);
+    // Even 32-bit halves are thresholds, odd ones codes: gather each kind in lane order.
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+    const __m256 t = _mm256_castsi256_ps(_mm256_blend_epi32(
+        _mm256_permutevar8x32_epi32(e0, even), _mm256_permutevar8x32_epi32(e1, even), 0xF0));
+    const __m256i both = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(e0, odd),
+                                            _mm256_permutevar8x32_epi32(e1, odd), 0xF0);
     const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(t, x, _CMP_LT_OQ));
     const __m256i pick = _mm256_srlv_epi32(both, _mm256_and_si256(above, _mm256_set1_epi32(8)));
     return _mm256_and_si256(pick, _mm256_set1_epi32(0xFF));
