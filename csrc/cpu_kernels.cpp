@@ -150,7 +150,19 @@ void relu_forward_cpu(c10::ScalarType dtype, const void* x_, void* y_, int64_t n
     auto* y = static_cast<scalar_t*>(y_);
     at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
       // In the storage type, so every output bit equals torch.relu's (-0.0 and NaN kept).
-      for (int64_t i = begin; i < end; ++i) y[i] = relu(x[i]);
+      if constexpr (sizeof(scalar_t) == 2) {
+        // half/bfloat16 on their bits (the compiler vectorises this; comparing c10::Half values
+        // is a scalar conversion per element, ~30x slower): x < 0 exactly for the bit patterns
+        // from the smallest negative subnormal (0x8001) up to -inf.
+        const uint16_t neg_inf = (-std::numeric_limits<scalar_t>::infinity()).x;
+        for (int64_t i = begin; i < end; ++i) {
+          const uint16_t v = x[i].x;
+          const bool negative = static_cast<uint16_t>(v - 0x8001u) <= neg_inf - 0x8001u;
+          y[i].x = negative ? 0 : v;
+        }
+      } else {
+        for (int64_t i = begin; i < end; ++i) y[i] = relu(x[i]);
+      }
     });
   });
 }

@@ -129,3 +129,12 @@ def test_backward_codes_match_reference(dtype, bits):
     levels = torch.randn(1 << bits, generator=g)
     out = torch.ops.sugar.relu_backward_codes(grad, packed, levels, bits)
     assert torch.equal(out, C.decode_reference(grad, packed, levels, bits))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_exact_forward_every_16bit_pattern(dtype):
+    # The half/bfloat16 forward works on the bits: check all 65536 patterns against x < 0 ? 0 : x
+    # (NaN payloads and -0.0 kept).
+    x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    y = torch.ops.sugar.relu_forward(x, "bsilu", 1.67, "all")
+    assert torch.equal(y.view(torch.int16), torch.where(x < 0, 0, x).view(torch.int16))
