@@ -149,7 +149,7 @@ void relu_forward_cpu(c10::ScalarType dtype, const void* x_, void* y_, int64_t n
     const auto* x = static_cast<const scalar_t*>(x_);
     auto* y = static_cast<scalar_t*>(y_);
     at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
-      // In the storage type, so every output bit equals torch.relu's (-0.0 and NaN kept).
+      // x < 0 ? 0 : x in the storage type: -0.0 and NaN bits are kept.
       if constexpr (sizeof(scalar_t) == 2) {
         // half/bfloat16 on their bits (the compiler vectorises this; comparing c10::Half values
         // is a scalar conversion per element, ~30x slower): x < 0 exactly for the bit patterns
@@ -360,7 +360,8 @@ inline void pack8(__m256i code, uint8_t* p) {
     const __m256i bytes = _mm256_shuffle_epi8(  // byte 0 of each lane to the low dword of a half
         code, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4,
                                8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
-    const __m256i joined = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+    const __m256i joined =
+        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(joined));
   } else {
     const __m256i shifted = _mm256_sllv_epi32(

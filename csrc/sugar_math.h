@@ -53,7 +53,9 @@ struct Math<float> {
   static SUGAR_HD float exp_nonpositive(float x) { return ::expf(x); }
   static SUGAR_HD float erfc_given_exp(float z, float) { return ::erfcf(z); }
   static SUGAR_HD float neg_abs(float x) { return -::fabsf(x); }
-  static SUGAR_HD float clamp(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+  static SUGAR_HD float clamp(float x, float lo, float hi) {
+    return x < lo ? lo : (x > hi ? hi : x);
+  }
   static SUGAR_HD float select(bool m, float a, float b) { return m ? a : b; }
 };
 
