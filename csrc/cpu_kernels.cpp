@@ -4,7 +4,10 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "sugar_kernels.h"
 
@@ -17,12 +20,50 @@ struct Math<at::vec::Vectorized<S>> {
   using Mask = V;
   // exp_u20: at::vec's inlined polynomial exp (<= 20 ulp, ~1e-6 relative, inside the float32
   // tolerance; the Sleef call behind exp() costs ~1.5x more here). It maps NaN to a finite
-  // value, so NaN is put back: NaN in, NaN out, as on every other path.
+  // value, so exp() puts NaN back.
   static V exp(const V& x) { return V::blendv(x.exp_u20(), x, x.isnan()); }
-  // 1 - erf: at::vec's erf is a fast polynomial, its erfc a much slower Sleef call (~6x here).
-  // The cancellation for erfc(z) near 0 (large z) costs ~1e-7 absolute, inside the tolerance.
-  static V erfc(const V& x) { return V(S(1)) - x.erf(); }
-  static V abs(const V& x) { return x.abs(); }
+  // e^x for x <= 0 (float): 2^k * P(r), k = round(x log2 e), r = x - k ln2 (two-part ln2), P the
+  // degree-5 polynomial exp_u20 uses (~1e-6 relative). x is first raised to -87 (e^-87 ~ 1.6e-38
+  // is below every tolerance), so 2^k stays a normal float and is built by adding k + 127 to the
+  // exponent bits: ~12 instructions and a short dependency chain, against ~17 for exp_u20.
+  static V exp_nonpositive(const V& x) {
+    if constexpr (std::is_same_v<S, float>) {
+      const V shifter(12582912.f + 127.f);  // 1.5 * 2^23 + 127: rounds, and biases the exponent
+      const V xc = at::vec::clamp_min(x, V(-87.f));
+      const V t = at::vec::fmadd(xc, V(1.44269504f), shifter);  // low bits: k + 127
+      const V k = t - shifter;
+      V r = at::vec::fnmadd(k, V(0.693359375f), xc);  // ln2 = 0.693359375 - 2.12194440e-4
+      r = at::vec::fnmadd(k, V(-2.12194440e-4f), r);
+      V p = at::vec::fmadd(r, V(0.00828929059f), V(0.0418978221f));
+      p = at::vec::fmadd(r, p, V(0.166676521f));
+      p = at::vec::fmadd(r, p, V(0.499991506f));
+      p = at::vec::fmadd(r, p, V(0.999999701f));
+      p = at::vec::fmadd(r, p, V(1.f));
+      const auto bits = at::vec::cast<int32_t>(t) << at::vec::Vectorized<int32_t>(23);  // 2^k
+      return p * at::vec::cast<float>(bits);
+    } else {
+      return x.exp_u20();
+    }
+  }
+  // erfc(z) = t * P(t) * exp(-z^2) for z >= 0, 2 - that for z < 0, t = 1 / (1 + p|z|):
+  // Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, the polynomial at::vec's float erf uses),
+  // written for erfc so that it reuses the caller's exponential and has no cancellation for
+  // large z. float only; float64 calls the accurate erfc.
+  static V erfc_given_exp(const V& z, const V& e) {
+    if constexpr (std::is_same_v<S, float>) {
+      const V t = V(1.f) / at::vec::fmadd(V(0.3275911f), z.abs(), V(1.f));
+      V poly = at::vec::fmadd(V(1.061405429f), t, V(-1.453152027f));
+      poly = at::vec::fmadd(poly, t, V(1.421413741f));
+      poly = at::vec::fmadd(poly, t, V(-0.284496736f));
+      poly = at::vec::fmadd(poly, t, V(0.254829592f));
+      const V tail = poly * t * e;  // erfc(|z|)
+      return V::blendv(tail, V(2.f) - tail, z < V(0.f));
+    } else {
+      return z.erfc();
+    }
+  }
+  static V neg_abs(const V& x) { return x | V(S(-0.0)); }  // sets the sign bit (NaN stays NaN)
+  static V clamp(const V& x, const V& lo, const V& hi) { return at::vec::clamp(x, lo, hi); }
   static V select(const V& m, const V& a, const V& b) { return V::blendv(b, a, m); }
 };
 
@@ -30,27 +71,74 @@ namespace {
 
 constexpr int64_t kGrainSize = 32768;  // elements per parallel task
 
-// Load/store `count` (<= V::size()) elements as an opmath vector, converting half/bfloat16.
-template <typename scalar_t, typename V = at::vec::Vectorized<at::opmath_type<scalar_t>>>
-V load(const scalar_t* p, int64_t count) {
-  if constexpr (std::is_same_v<scalar_t, typename V::value_type>) {
-    return V::loadu(p, count);
-  } else {
-    typename V::value_type buf[V::size()] = {};
-    for (int64_t j = 0; j < count; ++j) buf[j] = p[j];
-    return V::loadu(buf);
+// A chunk of elements as opmath vectors: two Vectorized<opmath> per chunk for every dtype (one
+// Vectorized<half/bfloat16> converts to two float vectors; float/double are unrolled by two for
+// instruction-level parallelism). Full chunks and the tail of a range go through the same
+// conversions, so every element's result is independent of where a thread's range starts.
+template <typename scalar_t>
+struct Chunk {
+  using T = at::opmath_type<scalar_t>;
+  using V = at::vec::Vectorized<T>;
+  using VS = at::vec::Vectorized<scalar_t>;
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, T>;
+  static constexpr int64_t kSize = 2 * V::size();
+  static_assert(!kReduced || VS::size() == kSize, "one reduced vector holds two float vectors");
+
+  V lo, hi;
+
+  static Chunk load(const scalar_t* p, int64_t count = kSize) {
+    if constexpr (kReduced) {
+      auto [a, b] = at::vec::convert_to_float<scalar_t>(VS::loadu(p, count));
+      return {a, b};
+    } else if (count == kSize) {
+      return {V::loadu(p), V::loadu(p + V::size())};
+    } else {
+      const int64_t first = std::min<int64_t>(count, V::size());
+      return {V::loadu(p, first), V::loadu(p + first, count - first)};
+    }
   }
+
+  void store(scalar_t* p, int64_t count = kSize) const {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<scalar_t>(lo, hi).store(p, count);
+    } else if (count == kSize) {
+      lo.store(p);
+      hi.store(p + V::size());
+    } else {
+      const int64_t first = std::min<int64_t>(count, V::size());
+      lo.store(p, first);
+      if (count > first) hi.store(p + first, count - first);
+    }
+  }
+};
+
+// Calls body(i, count) over [begin, end) in chunks: full ones, then the tail.
+template <int64_t kSize, typename F>
+inline void for_chunks(int64_t begin, int64_t end, F&& body) {
+  int64_t i = begin;
+  for (; i + kSize <= end; i += kSize) body(i, kSize);
+  if (i < end) body(i, end - i);
 }
 
-template <typename scalar_t, typename V>
-void store(scalar_t* p, const V& v, int64_t count) {
-  if constexpr (std::is_same_v<scalar_t, typename V::value_type>) {
-    v.store(p, count);
-  } else {
-    typename V::value_type buf[V::size()];
-    v.store(buf);
-    for (int64_t j = 0; j < count; ++j) p[j] = static_cast<scalar_t>(buf[j]);
-  }
+}  // namespace
+
+namespace {
+
+// grad_x = grad_y * g(x) on [begin, end). flatten: GCC otherwise keeps at::vec's exp/erf as
+// out-of-line calls in this loop and spills every live vector around them (~2x slower).
+template <Surrogate S, typename scalar_t, typename T>
+__attribute__((flatten)) void backward_range(const scalar_t* grad_y, const scalar_t* x,
+                                             scalar_t* grad_x, int64_t begin, int64_t end,
+                                             T alpha_, bool negative_only) {
+  using C = Chunk<scalar_t>;
+  const typename C::V alpha(alpha_);
+  for_chunks<C::kSize>(begin, end, [&](int64_t i, int64_t count) {
+    const C xs = C::load(x + i, count);
+    C g = C::load(grad_y + i, count);
+    g.lo = g.lo * grad_factor<S>(xs.lo, alpha, negative_only);
+    g.hi = g.hi * grad_factor<S>(xs.hi, alpha, negative_only);
+    g.store(grad_x + i, count);
+  });
 }
 
 }  // namespace
@@ -61,8 +149,20 @@ void relu_forward_cpu(c10::ScalarType dtype, const void* x_, void* y_, int64_t n
     const auto* x = static_cast<const scalar_t*>(x_);
     auto* y = static_cast<scalar_t*>(y_);
     at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
-      // In the storage type, so every output bit equals torch.relu's (-0.0 and NaN kept).
-      for (int64_t i = begin; i < end; ++i) y[i] = relu(x[i]);
+      // x < 0 ? 0 : x in the storage type: -0.0 and NaN bits are kept.
+      if constexpr (sizeof(scalar_t) == 2) {
+        // half/bfloat16 on their bits (the compiler vectorises this; comparing c10::Half values
+        // is a scalar conversion per element, ~30x slower): x < 0 exactly for the bit patterns
+        // from the smallest negative subnormal (0x8001) up to -inf.
+        const uint16_t neg_inf = (-std::numeric_limits<scalar_t>::infinity()).x;
+        for (int64_t i = begin; i < end; ++i) {
+          const uint16_t v = x[i].x;
+          const bool negative = static_cast<uint16_t>(v - 0x8001u) <= neg_inf - 0x8001u;
+          y[i].x = negative ? 0 : v;
+        }
+      } else {
+        for (int64_t i = begin; i < end; ++i) y[i] = relu(x[i]);
+      }
     });
   });
 }
@@ -71,81 +171,350 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y_, const void* x
                        int64_t n, const GradParams& params) {
   dispatch_float_types(dtype, "sugar::relu_backward", [&](auto tag) {
     using scalar_t = decltype(tag);
-    using V = at::vec::Vectorized<at::opmath_type<scalar_t>>;
+    using C = Chunk<scalar_t>;
     const auto* grad_y = static_cast<const scalar_t*>(grad_y_);
     const auto* x = static_cast<const scalar_t*>(x_);
     auto* grad_x = static_cast<scalar_t*>(grad_x_);
-    const V alpha(static_cast<typename V::value_type>(params.alpha));
+    const auto alpha = static_cast<typename C::T>(params.alpha);
+    const bool negative_only = params.negative_only;
     dispatch_surrogate(params.surrogate, [&](auto surrogate) {  // one loop per surrogate
-      constexpr Surrogate S = decltype(surrogate)::value;
       at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; i += V::size()) {
-          const int64_t count = std::min<int64_t>(V::size(), end - i);
-          const V g = grad_factor<S>(load(x + i, count), alpha, params.negative_only);
-          store(grad_x + i, load(grad_y + i, count) * g, count);
-        }
+        backward_range<decltype(surrogate)::value>(grad_y, x, grad_x, begin, end, alpha,
+                                                   negative_only);
       });
     });
   });
 }
 
+// ---- Code modes ---------------------------------------------------------------------------------
+// Float opmath (float, half, bfloat16) runs 16 elements (two 8-lane vectors) per step with AVX2;
+// float64, tails shorter than a step and builds without AVX2 use the scalar encode_byte /
+// decode_byte of sugar_math.h. Codes are exactly codes.py's: interval_codes[#{t : t < x}] with
+// the comparison in float, NaN in interval 0, 8 / bits codes per byte from the low bits up.
+#if defined(CPU_CAPABILITY_AVX2)
+#define SUGAR_CODES_AVX2 1
+#include <immintrin.h>
+#endif
+
 namespace {
 
-// Forward of one block of kBlock elements (a whole number of packed bytes) with SIMD:
-// interval_of() on Vectorized lanes (gathers), then the codes (gathered from an int32 copy of
-// interval_codes) packed kBits at a time. Float opmath only.
-constexpr int kBlock = at::vec::Vectorized<float>::size() > 8 ? at::vec::Vectorized<float>::size() : 8;
+constexpr int64_t kStep = 16;  // elements per SIMD step: a whole number of bytes at every bits
 
-template <int kBits, typename scalar_t>
-void encode_block_simd(const scalar_t* x, scalar_t* y, uint8_t* codes,
-                       const CodeTable<float>& table, const int32_t* interval_codes32) {
-  using V = at::vec::Vectorized<float>;
-  using VI = at::vec::Vectorized<int32_t>;
-  static_assert(VI::size() == V::size(), "gather needs one int32 lane per float lane");
-  constexpr int kPer = 8 / kBits;
-  int32_t code[kBlock];
-  const V lo(table.lo), inv_width(table.inv_width), zero(0.f), last(kSearchBuckets - 1);
-  const auto* bucket_start = reinterpret_cast<const float*>(table.bucket_start);
-  const auto* codes32 = reinterpret_cast<const float*>(interval_codes32);
-  for (int v = 0; v < kBlock; v += V::size()) {
-    const V xv = load(x + v, V::size());
-    // interval_of() on all lanes: bucket, its first candidate, then `scan` comparisons.
-    V u = (xv - lo) * inv_width;
-    u = V::blendv(zero, u, u > zero);  // NaN -> 0
-    u = V::blendv(u, last, u > last);
-    const VI bucket = at::vec::convert_to_int_of_same_size(u);
-    const VI first = at::vec::cast<int32_t>(at::vec::gather<sizeof(float)>(bucket_start, bucket));
-    VI below = first;
-    for (int k = 0; k < table.scan; ++k) {
-      const V t = at::vec::gather<sizeof(float)>(table.thresholds, first + VI(k));
-      below = below - at::vec::cast<int32_t>(t < xv);  // a true lane is -1
-    }
-    at::vec::cast<int32_t>(at::vec::gather<sizeof(float)>(codes32, below)).store(code + v);
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      V::blendv(xv, zero, xv < zero).store(y + v);  // relu(): keeps -0.0 and NaN
+#ifdef SUGAR_CODES_AVX2
+
+// The code search without a memory access per element, for tables of up to 64 thresholds
+// (bits 1, 2 and 4 of every surrogate): the thresholds are split into G <= 8 groups of s <= 8.
+// g = #{k in 1..G-1 : t[s k] < x} needs G - 1 compares against broadcast values; as the table is
+// sorted, #{t < x} = s g + #{j < s : t[s g + j] < x}, whose thresholds come from registers by one
+// in-lane permute per j (lane g of register j holds t[s g + j]). The code follows by telescoping:
+// interval_codes[s g + c] = base[g] + sum over the j < c of delta[j][g]. Every index is a
+// register lane or below num_thresholds by construction; an unsorted (corrupt) table gives wrong
+// but in-range codes (they are masked to `bits` bits).
+constexpr int kRegisterMaxThresholds = 64;
+
+struct RegisterSearch {
+  int groups = 1, group_size = 1;
+  int32_t code_mask = 0;
+  float boundary[8] = {};                    // t[s k], k = 1 .. groups - 1
+  alignas(32) float threshold[8][8] = {};    // [j][g] = t[s g + j], +inf past the table
+  alignas(32) int32_t delta[8][8] = {};      // [j][g] = code change across t[s g + j]
+  alignas(32) int32_t base[8] = {};          // [g] = interval_codes[s g]
+
+  RegisterSearch(const float* t, const uint8_t* interval_codes, int count, int bits)
+      : code_mask((1 << bits) - 1) {
+    group_size = std::max(1, (count + 7) / 8);
+    groups = std::max(1, (count + group_size - 1) / group_size);
+    for (int k = 1; k < groups; ++k) boundary[k] = t[group_size * k];
+    for (int g = 0; g < 8; ++g) {
+      const int first = std::min(group_size * g, count);
+      base[g] = interval_codes[first];
+      for (int j = 0; j < group_size; ++j) {
+        const int i = group_size * g + j;
+        const bool real = g < groups && i < count;
+        threshold[j][g] = real ? t[i] : std::numeric_limits<float>::infinity();
+        delta[j][g] = real ? interval_codes[i + 1] - interval_codes[i] : 0;
+      }
     }
   }
-  if constexpr (!std::is_same_v<scalar_t, float>) {
-    for (int j = 0; j < kBlock; ++j) y[j] = relu(x[j]);
+
+  __m256i operator()(__m256 x) const {
+    __m256i g = _mm256_setzero_si256();
+    for (int k = 1; k < groups; ++k) {  // a true compare is all ones, i.e. -1
+      const __m256 below = _mm256_cmp_ps(_mm256_set1_ps(boundary[k]), x, _CMP_LT_OQ);
+      g = _mm256_sub_epi32(g, _mm256_castps_si256(below));
+    }
+    __m256i code = _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)base), g);
+    for (int j = 0; j < group_size; ++j) {
+      const __m256 t = _mm256_permutevar8x32_ps(_mm256_load_ps(threshold[j]), g);
+      const __m256i d =
+          _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)delta[j]), g);
+      const __m256i below = _mm256_castps_si256(_mm256_cmp_ps(t, x, _CMP_LT_OQ));
+      code = _mm256_add_epi32(code, _mm256_and_si256(below, d));
+    }
+    return _mm256_and_si256(code, _mm256_set1_epi32(code_mask));
   }
-  for (int byte = 0; byte < kBlock / kPer; ++byte) {
-    uint32_t packed = 0;
-    for (int j = 0; j < kPer; ++j) packed |= static_cast<uint32_t>(code[byte * kPer + j]) << (j * kBits);
-    codes[byte] = static_cast<uint8_t>(packed);
+};
+
+// Larger tables (bits = 8): a uniform grid of C cells over [t[0], t[last]] fine enough that
+// no two thresholds share a cell, built per call. cell() is monotone in x (every float step of
+// it is), so every threshold in a lower cell is < x and every one in a higher cell is > x:
+// #{t < x} = below[cell] + (t_cell < x), two independent table loads (no search chain).
+// The host computes each threshold's cell with the same float operations as the kernel, so
+// the grid is exact, rounding included.
+struct CellSearch {
+  static constexpr int kMinCells = 1024, kMaxCells = 65536;
+  float lo = 0.f, scale = 0.f, last = 0.f;
+  // Per cell, one 64-bit entry: the cell's threshold (+inf if none) in the low 32 bits, the code
+  // below it and the code above it in the next two bytes. One 4-lane gather fetches 4 entries.
+  std::vector<uint64_t> entry;
+
+  static float cell_of(float x, float lo, float scale, float last) {
+    const float u = (x - lo) * scale;
+    return std::min(std::max(u, 0.f), last);  // NaN -> 0 as _mm256_max_ps(u, 0) does
+  }
+
+  // Builds the coarsest grid that separates the thresholds, of at most max_cells (and
+  // kMaxCells) cells; false if there is none.
+  bool build(const float* t, const uint8_t* interval_codes, int count, int64_t max_cells) {
+    const float span = count ? t[count - 1] - t[0] : 0.f;
+    for (int cells = kMinCells; cells <= std::min<int64_t>(kMaxCells, max_cells); cells *= 2) {
+      lo = count ? t[0] : 0.f;
+      scale = span > 0.f ? float(cells) / span : 0.f;
+      last = float(cells - 1);
+      bool separated = true;
+      for (int i = 1; i < count && separated; ++i) {
+        separated = int(cell_of(t[i - 1], lo, scale, last)) < int(cell_of(t[i], lo, scale, last));
+      }
+      if (!separated) continue;
+      entry.resize(cells);
+      int below = 0;  // thresholds in lower cells
+      for (int c = 0; c < cells; ++c) {
+        const bool has = below < count && int(cell_of(t[below], lo, scale, last)) == c;
+        const float threshold = has ? t[below] : std::numeric_limits<float>::infinity();
+        uint32_t threshold_bits;
+        std::memcpy(&threshold_bits, &threshold, 4);
+        const uint32_t codes = interval_codes[below] | (interval_codes[below + (has ? 1 : 0)] << 8);
+        entry[c] = threshold_bits | (uint64_t{codes} << 32);
+        below += has ? 1 : 0;
+      }
+      return true;
+    }
+    return false;
+  }
+
+  __m256i operator()(__m256 x) const {
+    __m256 u = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_set1_ps(lo)), _mm256_set1_ps(scale));
+    u = _mm256_min_ps(_mm256_max_ps(u, _mm256_setzero_ps()), _mm256_set1_ps(last));
+    const __m256i cell = _mm256_cvttps_epi32(u);
+    const auto* table = reinterpret_cast<const long long*>(entry.data());
+    const __m256i e0 = _mm256_i32gather_epi64(table, _mm256_castsi256_si128(cell), 8);
+    const __m256i e1 = _mm256_i32gather_epi64(table, _mm256_extracti128_si256(cell, 1), 8);
+    // Even 32-bit halves are thresholds, odd ones codes: gather each kind in lane order.
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+    const __m256 t = _mm256_castsi256_ps(_mm256_blend_epi32(
+        _mm256_permutevar8x32_epi32(e0, even), _mm256_permutevar8x32_epi32(e1, even), 0xF0));
+    const __m256i both = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(e0, odd),
+                                            _mm256_permutevar8x32_epi32(e1, odd), 0xF0);
+    const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(t, x, _CMP_LT_OQ));
+    const __m256i pick = _mm256_srlv_epi32(both, _mm256_and_si256(above, _mm256_set1_epi32(8)));
+    return _mm256_and_si256(pick, _mm256_set1_epi32(0xFF));
+  }
+};
+
+// Fallback (tables no affordable grid separates): interval_of() of sugar_math.h per lane, the
+// bucket's first candidate, `scan` comparisons, the code. Indices are clamped into the tables.
+struct GatherSearch {
+  const CodeTable<float>& table;
+  const int32_t* interval_codes32;  // num_thresholds + 1 entries
+  int last_start, last_interval;
+
+  __m256i operator()(__m256 x) const {
+    __m256 u = _mm256_mul_ps(_mm256_sub_ps(x, _mm256_set1_ps(table.lo)),
+                             _mm256_set1_ps(table.inv_width));
+    u = _mm256_min_ps(_mm256_max_ps(u, _mm256_setzero_ps()),  // NaN -> 0
+                      _mm256_set1_ps(float(kSearchBuckets - 1)));
+    alignas(32) int32_t bucket[8];
+    alignas(32) float xs[8];
+    int32_t code[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bucket), _mm256_cvttps_epi32(u));
+    _mm256_store_ps(xs, x);
+    const float* t = table.thresholds;
+    const int scan = table.scan;
+    for (int lane = 0; lane < 8; ++lane) {  // scalar loads: far cheaper than gathers here
+      const int first = std::clamp(table.bucket_start[bucket[lane]], 0, last_start);
+      int below = first;
+      for (int k = 0; k < scan; ++k) below += t[first + k] < xs[lane];
+      code[lane] = interval_codes32[std::min(below, last_interval)];
+    }
+    // Built from registers: a vector load of just-stored scalars would stall store forwarding.
+    return _mm256_setr_epi32(code[0], code[1], code[2], code[3], code[4], code[5], code[6],
+                             code[7]);
+  }
+};
+
+// Packs 8 codes (int32 lanes, < 2^kBits) into kBits bytes at p: code i at bit i * kBits.
+template <int kBits>
+inline void pack8(__m256i code, uint8_t* p) {
+  if constexpr (kBits == 8) {
+    const __m256i bytes = _mm256_shuffle_epi8(  // byte 0 of each lane to the low dword of a half
+        code, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4,
+                               8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+    const __m256i joined =
+        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(joined));
+  } else {
+    const __m256i shifted = _mm256_sllv_epi32(
+        code, _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 4 * kBits, 5 * kBits, 6 * kBits,
+                                7 * kBits));
+    // The fields do not overlap: OR the 8 lanes together.
+    __m128i v = _mm_or_si128(_mm256_castsi256_si128(shifted), _mm256_extracti128_si256(shifted, 1));
+    v = _mm_or_si128(v, _mm_shuffle_epi32(v, 0x4E));
+    v = _mm_or_si128(v, _mm_shuffle_epi32(v, 0xB1));
+    const uint32_t word = static_cast<uint32_t>(_mm_cvtsi128_si32(v));
+    std::memcpy(p, &word, kBits);  // little endian: the low kBits bytes
+  }
+}
+
+// Unpacks the 8 codes of the kBits bytes at p into int32 lanes.
+template <int kBits>
+inline __m256i unpack8(const uint8_t* p) {
+  if constexpr (kBits == 8) {
+    int64_t word;
+    std::memcpy(&word, p, 8);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(word));
+  } else {
+    uint32_t word = 0;
+    std::memcpy(&word, p, kBits);
+    const __m256i shifted = _mm256_srlv_epi32(
+        _mm256_set1_epi32(static_cast<int32_t>(word)),
+        _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 4 * kBits, 5 * kBits, 6 * kBits,
+                          7 * kBits));
+    return _mm256_and_si256(shifted, _mm256_set1_epi32((1 << kBits) - 1));
+  }
+}
+
+// levels[code] for 8 codes: in-register permutes for up to 16 levels, a gather for 256.
+template <int kBits>
+struct LevelLookup {
+  alignas(32) float table[kBits == 8 ? 256 : 16] = {};
+
+  explicit LevelLookup(const float* levels) {
+    for (int i = 0; i < (1 << kBits); ++i) table[i] = levels[i];
+  }
+
+  __m256 operator()(__m256i code) const {
+    if constexpr (kBits == 8) {
+      return _mm256_i32gather_ps(table, code, 4);  // code < 256 by construction (unpack8)
+    } else {
+      const __m256 low = _mm256_permutevar8x32_ps(_mm256_load_ps(table), code);
+      if constexpr (kBits < 4) return low;
+      const __m256 high = _mm256_permutevar8x32_ps(_mm256_load_ps(table + 8), code);
+      return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(code, 28)));
+    }
+  }
+};
+
+// relu() of a step in the storage type, bit-identical to torch.relu (-0.0 and NaN kept).
+template <typename scalar_t>
+inline void relu_step(const scalar_t* x, const Chunk<scalar_t>& xs, scalar_t* y) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 neg_lo = _mm256_cmp_ps(xs.lo, zero, _CMP_LT_OQ);
+  const __m256 neg_hi = _mm256_cmp_ps(xs.hi, zero, _CMP_LT_OQ);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    _mm256_storeu_ps(y, _mm256_blendv_ps(xs.lo, zero, neg_lo));
+    _mm256_storeu_ps(y + 8, _mm256_blendv_ps(xs.hi, zero, neg_hi));
+  } else {  // 16-bit storage: clear the negative elements' bits
+    const __m256i neg = _mm256_permute4x64_epi64(
+        _mm256_packs_epi32(_mm256_castps_si256(neg_lo), _mm256_castps_si256(neg_hi)), 0xD8);
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), _mm256_andnot_si256(neg, raw));
+  }
+}
+
+// Forward over whole steps [first, last): y = relu(x), codes. flatten: one inlined loop.
+template <int kBits, typename scalar_t, typename Search>
+__attribute__((flatten)) void encode_steps(const scalar_t* x, scalar_t* y, uint8_t* codes,
+                                           int64_t first, int64_t last, const Search& search) {
+  using C = Chunk<scalar_t>;
+  for (int64_t s = first; s < last; ++s) {
+    const int64_t i = s * kStep;
+    const C xs = C::load(x + i);  // before y is written: y may alias x
+    const __m256i code_lo = search(xs.lo), code_hi = search(xs.hi);
+    relu_step(x + i, xs, y + i);
+    pack8<kBits>(code_lo, codes + s * 2 * kBits);
+    pack8<kBits>(code_hi, codes + s * 2 * kBits + kBits);
   }
 }
 
 template <int kBits, typename scalar_t>
-void encode_blocks_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t blocks,
-                        const CodeTable<float>& table, const int32_t* interval_codes32) {
-  constexpr int64_t kBytesPerBlock = kBlock * kBits / 8;
-  at::parallel_for(0, blocks, kGrainSize / kBlock, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      encode_block_simd<kBits>(x + b * kBlock, y + b * kBlock, codes + b * kBytesPerBlock, table,
-                               interval_codes32);
-    }
-  });
+__attribute__((flatten)) void decode_steps(const scalar_t* grad_y, const uint8_t* codes,
+                                           scalar_t* grad_x, int64_t first, int64_t last,
+                                           const LevelLookup<kBits>& lookup) {
+  using C = Chunk<scalar_t>;
+  for (int64_t s = first; s < last; ++s) {
+    const int64_t i = s * kStep;
+    C g = C::load(grad_y + i);
+    g.lo = g.lo * typename C::V(lookup(unpack8<kBits>(codes + s * 2 * kBits)));
+    g.hi = g.hi * typename C::V(lookup(unpack8<kBits>(codes + s * 2 * kBits + kBits)));
+    g.store(grad_x + i);
+  }
 }
+
+// Whole steps in parallel; returns how many elements they covered.
+template <typename scalar_t>
+int64_t encode_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t n,
+                    const CodeArgs& args, const CodeTable<float>& table) {
+  const int64_t steps = n / kStep;
+  const auto* t = static_cast<const float*>(args.thresholds);
+  const int count = args.num_thresholds;
+  auto run = [&](auto bits, const auto& search) {
+    at::parallel_for(0, steps, kGrainSize / kStep, [&](int64_t first, int64_t last) {
+      encode_steps<decltype(bits)::value>(x, y, codes, first, last, search);
+    });
+  };
+  auto with_bits = [&](const auto& search) {
+    switch (args.bits) {
+      case 1: return run(std::integral_constant<int, 1>{}, search);
+      case 2: return run(std::integral_constant<int, 2>{}, search);
+      case 4: return run(std::integral_constant<int, 4>{}, search);
+      default: return run(std::integral_constant<int, 8>{}, search);
+    }
+  };
+  CellSearch cells;
+  if (count <= kRegisterMaxThresholds) {
+    with_bits(RegisterSearch(t, args.interval_codes, count, args.bits));
+  } else if (cells.build(t, args.interval_codes, count, n / 16)) {  // build cost << n
+    with_bits(cells);
+  } else {
+    int32_t codes32[kMaxIntervals];
+    for (int i = 0; i <= count; ++i) codes32[i] = args.interval_codes[i];
+    with_bits(GatherSearch{table, codes32, count, count});
+  }
+  return steps * kStep;
+}
+
+template <typename scalar_t>
+int64_t decode_simd(const scalar_t* grad_y, const uint8_t* codes, const float* levels,
+                    scalar_t* grad_x, int64_t n, int bits) {
+  const int64_t steps = n / kStep;
+  auto run = [&](auto kbits) {
+    constexpr int kBits = decltype(kbits)::value;
+    const LevelLookup<kBits> lookup(levels);
+    at::parallel_for(0, steps, kGrainSize / kStep, [&](int64_t first, int64_t last) {
+      decode_steps<kBits>(grad_y, codes, grad_x, first, last, lookup);
+    });
+  };
+  switch (bits) {
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    default: run(std::integral_constant<int, 8>{}); break;
+  }
+  return steps * kStep;
+}
+
+#endif  // SUGAR_CODES_AVX2
 
 }  // namespace
 
@@ -158,21 +527,12 @@ void relu_forward_codes_cpu(c10::ScalarType dtype, const void* x_, void* y_, uin
     auto* y = static_cast<scalar_t*>(y_);
     T padded[kMaxPadded];
     const CodeTable<T> table = make_code_table<T>(args, padded);
-    // Float opmath: SIMD over whole blocks. The rest (and float64) byte by byte.
-    int64_t blocks = 0;
-    if constexpr (std::is_same_v<T, float>) {
-      int32_t interval_codes32[kMaxIntervals];
-      for (int i = 0; i <= args.num_thresholds; ++i) interval_codes32[i] = args.interval_codes[i];
-      blocks = n / kBlock;
-      switch (args.bits) {
-        case 1: encode_blocks_simd<1>(x, y, codes, blocks, table, interval_codes32); break;
-        case 2: encode_blocks_simd<2>(x, y, codes, blocks, table, interval_codes32); break;
-        case 4: encode_blocks_simd<4>(x, y, codes, blocks, table, interval_codes32); break;
-        default: encode_blocks_simd<8>(x, y, codes, blocks, table, interval_codes32); break;
-      }
-    }
+    int64_t done = 0;  // elements encoded by whole SIMD steps (a whole number of bytes)
+#ifdef SUGAR_CODES_AVX2
+    if constexpr (std::is_same_v<T, float>) done = encode_simd(x, y, codes, n, args, table);
+#endif
     const int per = 8 / args.bits;
-    at::parallel_for(blocks * kBlock / per, packed_size(n, args.bits), kGrainSize / per,
+    at::parallel_for(done / per, packed_size(n, args.bits), kGrainSize / per,
                      [&](int64_t begin, int64_t end) {
       for (int64_t byte = begin; byte < end; ++byte) {
         encode_byte(x, y, codes, byte, n, args.bits, table);
@@ -189,8 +549,15 @@ void relu_backward_codes_cpu(c10::ScalarType dtype, const void* grad_y_, const u
     const auto* grad_y = static_cast<const scalar_t*>(grad_y_);
     const auto* levels = static_cast<const T*>(levels_);
     auto* grad_x = static_cast<scalar_t*>(grad_x_);
-    at::parallel_for(0, packed_size(n, bits), kGrainSize * bits / 8, [&](int64_t begin,
-                                                                          int64_t end) {
+    int64_t done = 0;
+#ifdef SUGAR_CODES_AVX2
+    if constexpr (std::is_same_v<T, float>) {
+      done = decode_simd(grad_y, codes, levels, grad_x, n, bits);
+    }
+#endif
+    const int per = 8 / bits;
+    at::parallel_for(done / per, packed_size(n, bits), kGrainSize * bits / 8,
+                     [&](int64_t begin, int64_t end) {
       for (int64_t byte = begin; byte < end; ++byte) {
         decode_byte(grad_y, codes, levels, grad_x, byte, n, bits);
       }

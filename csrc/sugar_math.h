@@ -35,7 +35,14 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 // into finite inputs (otherwise inf * 0 = NaN). NaN passes through the clamp unchanged.
 constexpr double kDerivativeClamp = 1.0e4;
 
-// Math<T>: the few non-operator functions the formulas need, per value type.
+// Math<T>: the few non-operator functions the formulas need, per value type. The scalar ones
+// are below; the SIMD one (csrc/cpu_kernels.cpp) may take the shortcuts the comments allow.
+//   exp(x)                 e^x, NaN for NaN
+//   exp_nonpositive(x)     e^x for x <= 0 where a NaN x makes the caller's result NaN anyway:
+//                          any value for x > 0 or NaN (the SIMD version skips those cases)
+//   erfc_given_exp(z, e)   erfc(z), given e = exp(-z*z) (the SIMD float version uses it)
+//   neg_abs(x)             -|x|
+//   clamp(x, lo, hi)       min(max(x, lo), hi), NaN stays NaN
 template <typename T>
 struct Math;
 
@@ -43,8 +50,12 @@ template <>
 struct Math<float> {
   using Mask = bool;
   static SUGAR_HD float exp(float x) { return ::expf(x); }
-  static SUGAR_HD float erfc(float x) { return ::erfcf(x); }
-  static SUGAR_HD float abs(float x) { return ::fabsf(x); }
+  static SUGAR_HD float exp_nonpositive(float x) { return ::expf(x); }
+  static SUGAR_HD float erfc_given_exp(float z, float) { return ::erfcf(z); }
+  static SUGAR_HD float neg_abs(float x) { return -::fabsf(x); }
+  static SUGAR_HD float clamp(float x, float lo, float hi) {
+    return x < lo ? lo : (x > hi ? hi : x);
+  }
   static SUGAR_HD float select(bool m, float a, float b) { return m ? a : b; }
 };
 
@@ -52,8 +63,12 @@ template <>
 struct Math<double> {
   using Mask = bool;
   static SUGAR_HD double exp(double x) { return ::exp(x); }
-  static SUGAR_HD double erfc(double x) { return ::erfc(x); }
-  static SUGAR_HD double abs(double x) { return ::fabs(x); }
+  static SUGAR_HD double exp_nonpositive(double x) { return ::exp(x); }
+  static SUGAR_HD double erfc_given_exp(double z, double) { return ::erfc(z); }
+  static SUGAR_HD double neg_abs(double x) { return -::fabs(x); }
+  static SUGAR_HD double clamp(double x, double lo, double hi) {
+    return x < lo ? lo : (x > hi ? hi : x);
+  }
   static SUGAR_HD double select(bool m, double a, double b) { return m ? a : b; }
 };
 
@@ -63,10 +78,11 @@ struct SigmoidPair {
   T sig, sig_c, e;
 };
 
+// x must not be NaN-sensitive: callers multiply by x, so a NaN x gives NaN whatever e is.
 template <typename T>
 SUGAR_HD SigmoidPair<T> sigmoid_pair(T x) {
   using M = Math<T>;
-  const T e = M::exp(T(0) - M::abs(x));
+  const T e = M::exp_nonpositive(M::neg_abs(x));
   const T inv = T(1) / (T(1) + e);
   const auto pos = x >= T(0);
   return {M::select(pos, inv, e * inv), M::select(pos, e * inv, inv), e};
@@ -77,8 +93,7 @@ template <Surrogate S, typename T>
 SUGAR_HD T surrogate_derivative(T x, T alpha) {
   using M = Math<T>;
   const T one(1), zero(0), lim(kDerivativeClamp);
-  x = M::select(x < T(0) - lim, T(0) - lim, x);
-  x = M::select(x > lim, lim, x);
+  x = M::clamp(x, T(0) - lim, lim);
   if constexpr (S == Surrogate::BSiLU) {
     const SigmoidPair<T> p = sigmoid_pair(x);
     return p.sig + (x + alpha) * p.sig * p.sig_c;
@@ -90,9 +105,10 @@ SUGAR_HD T surrogate_derivative(T x, T alpha) {
   } else if constexpr (S == Surrogate::SELU) {
     return T(kSeluLambda) * M::select(x > zero, one, T(kSeluAlpha) * M::exp(x));
   } else if constexpr (S == Surrogate::GELU) {
-    const T cdf = T(0.5) * M::erfc((zero - x) * T(kInvSqrt2));
-    const T pdf = M::exp(T(-0.5) * x * x) * T(kInvSqrt2Pi);
-    return cdf + x * pdf;
+    // One exponential for both: exp(-x^2/2) is the pdf's and erfc's exp(-z^2), z = -x/sqrt2.
+    const T e = M::exp_nonpositive(T(-0.5) * x * x);
+    const T cdf = T(0.5) * M::erfc_given_exp((zero - x) * T(kInvSqrt2), e);
+    return cdf + x * (e * T(kInvSqrt2Pi));
   } else if constexpr (S == Surrogate::SiLU) {
     const SigmoidPair<T> p = sigmoid_pair(x);
     return p.sig * (one + x * p.sig_c);

@@ -1,0 +1,140 @@
+"""The CPU kernels' fast paths for code modes, each against the reference (codes.py).
+
+The forward picks one of three code searches by table size and tensor size: in-register groups
+(<= 64 thresholds), a per-call cell grid (larger tables on large tensors), the bucket search
+(otherwise); 16-element SIMD steps are followed by a scalar tail. Every path must give exactly
+codes.py's codes, and y bit-identical to torch.relu.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import sugar_kernels as sk
+from sugar_kernels import codes as C
+
+pytestmark = pytest.mark.skipif(not sk.build_info()["cpu_compiled"], reason="no CPU kernels")
+
+STEP = 16  # elements per SIMD step in csrc/cpu_kernels.cpp
+
+
+def _input(n, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, generator=g) * 3).to(dtype)
+    specials = [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, -1e-30, 1e-30]
+    x[: min(n, len(specials))] = torch.tensor(specials[:n]).to(dtype)
+    return x
+
+
+def _check_forward(x, thresholds, interval_codes, search, bits, levels=None):
+    if levels is None:
+        levels = torch.zeros(1 << bits, dtype=thresholds.dtype)
+    y, packed = torch.ops.sugar.relu_forward_codes(
+        x, levels, thresholds, interval_codes, search, bits
+    )
+    assert torch.equal(packed, C.encode_reference(x, thresholds, interval_codes, bits))
+    assert torch.equal(y.view(torch.uint8), torch.relu(x).view(torch.uint8))
+    inplace = x.clone()
+    packed_ = torch.ops.sugar.relu_forward_codes_(
+        inplace, levels, thresholds, interval_codes, search, bits
+    )
+    assert torch.equal(packed_, packed)
+    assert torch.equal(inplace.view(torch.uint8), y.view(torch.uint8))
+
+
+# (surrogate, region, bits, n): register search (bits 1/2/4) with tails of every length mod the
+# step; bits 8 on small tensors (bucket search) and large ones (cell grid: bsilu needs ~2k
+# cells, selu "all" the finest grid, 65536 cells, so > 2^20 elements).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "name,region,bits,n",
+    [
+        ("bsilu", "all", 1, 3 * STEP + 1),
+        ("bsilu", "negative", 2, 5 * STEP + 7),
+        ("nelu", "negative", 4, 7 * STEP + 15),  # 29 thresholds: 8 groups of 4
+        ("gelu", "all", 4, 1),
+        ("leaky_relu", "all", 8, 2 * STEP + 3),
+        ("bsilu", "all", 8, 1000),
+        ("bsilu", "all", 8, (1 << 16) + 9),
+        ("nelu", "negative", 8, (1 << 18) + 5),
+        ("selu", "all", 8, (1 << 20) + 3),
+    ],
+)
+def test_code_search_paths_match_reference(dtype, name, region, bits, n):
+    alpha = sk.SURROGATES[name].alpha or 0.0
+    levels, thresholds, interval_codes = C.tables(name, alpha, region, bits, "cpu", dtype)
+    search = C.search_table(name, alpha, region, bits, "cpu", dtype)
+    _check_forward(_input(n, dtype), thresholds, interval_codes, search, bits, levels)
+
+
+@pytest.mark.parametrize("n", [1, STEP - 1, STEP, 4 * STEP + 9])
+def test_every_tail_length_float32(n):
+    for bits in C.BITS:
+        levels, thresholds, interval_codes = C.tables(
+            "mish", None, "all", bits, "cpu", torch.float32
+        )
+        search = C.search_table("mish", None, "all", bits, "cpu", torch.float32)
+        _check_forward(_input(n, torch.float32, seed=n), thresholds, interval_codes, search, bits)
+
+
+def _search_for(thresholds: torch.Tensor) -> torch.Tensor:
+    """codes.py's search table for arbitrary sorted float32 thresholds (same construction)."""
+    t = thresholds.double().numpy()
+    b = C.SEARCH_BUCKETS
+    width = (t[-1] - t[0]) / b
+    edges = t[0] + width * np.arange(b + 3, dtype=np.float64) - width
+    starts = np.searchsorted(t, edges[:b], side="left")
+    ends = np.searchsorted(t, edges[3:], side="right")
+    return torch.tensor([int((ends - starts).max()), *starts.tolist()], dtype=torch.int32)
+
+
+def test_table_no_grid_separates_uses_exact_fallback():
+    # 100 thresholds, two of them 2^-20 apart on a span of 100: no grid of <= 65536 cells
+    # separates them, so the kernel falls back to the bucket search, still exact.
+    t = torch.linspace(-50, 50, 100, dtype=torch.float32)
+    t[50] = t[49] + 2.0**-20
+    t, _ = torch.sort(t)
+    interval_codes = (torch.arange(101) * 37 % 256).to(torch.uint8)
+    x = _input((1 << 20) + 1, torch.float32)
+    x[100:200] = t[49] + torch.rand(100) * 2.0**-20  # right between the two close thresholds
+    _check_forward(x, t, interval_codes, _search_for(t), 8)
+
+
+@pytest.mark.parametrize("bits", C.BITS)
+def test_unsorted_table_stays_in_bounds(bits):
+    # A corrupt (unsorted) table may give wrong codes, or be rejected, but never a crash or an
+    # out-of-range code.
+    g = torch.Generator().manual_seed(bits)
+    count = 40 if bits < 8 else 300
+    t = torch.randn(count, generator=g) * 5
+    interval_codes = torch.randint(0, 1 << bits, (count + 1,), generator=g, dtype=torch.uint8)
+    search = _search_for(torch.sort(t).values)
+    levels = torch.zeros(1 << bits)
+    try:
+        _, packed = torch.ops.sugar.relu_forward_codes(
+            _input(1 << 16, torch.float32), levels, t, interval_codes, search, bits
+        )
+    except (RuntimeError, ValueError):
+        return  # rejected by the host checks: fine
+    assert int(C.unpack(packed, bits, 1 << 16).max()) < (1 << bits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bits", C.BITS)
+def test_backward_codes_match_reference(dtype, bits):
+    n = 64 * STEP + 13
+    g = torch.Generator().manual_seed(bits)
+    grad = torch.randn(n, generator=g).to(dtype)
+    packed = torch.randint(0, 256, (C.packed_size(n, bits),), generator=g, dtype=torch.uint8)
+    levels = torch.randn(1 << bits, generator=g)
+    out = torch.ops.sugar.relu_backward_codes(grad, packed, levels, bits)
+    assert torch.equal(out, C.decode_reference(grad, packed, levels, bits))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_exact_forward_every_16bit_pattern(dtype):
+    # The half/bfloat16 forward works on the bits: check all 65536 patterns against x < 0 ? 0 : x
+    # (NaN payloads and -0.0 kept).
+    x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    y = torch.ops.sugar.relu_forward(x, "bsilu", 1.67, "all")
+    assert torch.equal(y.view(torch.int16), torch.where(x < 0, 0, x).view(torch.int16))
