@@ -14,6 +14,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "sugar_limits.h"
 #include "sugar_math.h"
 
 namespace sugar {
