@@ -71,8 +71,15 @@ __global__ void relu_backward_kernel(const scalar_t* __restrict__ grad_y,
 //   is coalesced 4-byte loads from L2 (the tables are hot there), 16 independent loads per
 //   thread for the bucket starts. The grid is persistent (as many blocks as are resident), so
 //   the copy happens ~SMs x blocks/SM times per launch: ~1000 x 25 KB from L2, against >= 150 MB
-//   of HBM traffic at 2^24 float elements. Per element the search then costs 1 + scan + 1
-//   shared-memory reads (bucket start, scan comparisons, code) instead of global loads.
+//   of HBM traffic at 2^24 float elements. Each block then marks the buckets that hold no
+//   threshold (mark_direct_buckets: 4096 x (1 + scan) shared reads, 16 buckets per thread): an
+//   element there costs one shared-memory read (its bucket), the others 2 + scan (bucket, scan
+//   comparisons, code). Random buckets make bank conflicts (~3-4 way for 32 random lanes), so
+//   reads per element, not bytes, bound the search: for bfloat16 at bits=8 (5 bytes/element,
+//   ~3.7 elements/clock/SM at H200 bandwidth) the plain search (~13 conflicted wavefronts per
+//   32 elements) would cap near 65% of bandwidth. With direct buckets that is less, by how many
+//   elements fall in buckets without a threshold: most for bits <= 4 (<= 19 thresholds in 4096
+//   buckets), fewer for bits = 8 (371 thresholds, dense where N(0, 1) inputs are). Unmeasured.
 //   Shared memory per block: 25 KB (float opmath), 33 KB (double).
 // * The tables' values are bounded in the copy (fill_code_tables: scan and bucket starts
 //   clamped to [0, num_thresholds]; codes masked to `bits` bits in encode_chunk): a corrupt
@@ -91,14 +98,16 @@ __global__ void relu_forward_codes_kernel(const scalar_t* x, scalar_t* y,
   using T = opmath_t<scalar_t>;
   __shared__ T padded[kMaxPadded];
   __shared__ uint8_t interval_codes_shared[kMaxIntervals];
-  __shared__ int32_t bucket_start[kSearchBuckets];
+  __shared__ uint32_t bucket[kSearchBuckets];
   const int scan = clamp_scan(search[0], num_thresholds);
-  fill_code_tables(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x), thresholds,
-                   interval_codes, num_thresholds, search + 1, scan, padded,
-                   interval_codes_shared, bucket_start);
+  const int tid = static_cast<int>(threadIdx.x), nthreads = static_cast<int>(blockDim.x);
+  fill_code_tables(tid, nthreads, thresholds, interval_codes, num_thresholds, search + 1, scan,
+                   padded, interval_codes_shared, bucket);
   __syncthreads();
-  const CodeTable<T> table =
-      code_table_of(padded, interval_codes_shared, bucket_start, num_thresholds, scan);
+  const BlockCodeTable<T> table =
+      block_code_table(padded, interval_codes_shared, bucket, num_thresholds, scan);
+  mark_direct_buckets(tid, nthreads, table, num_thresholds, bucket);
+  __syncthreads();
   for_each_chunk<kVector, kCodeChunk>(n, [&](auto vec, int64_t c) {
     encode_chunk<kBits, decltype(vec)::value>(x, y, codes, c, n, table);
   });

@@ -110,6 +110,95 @@ SUGAR_HD void backward_chunk(const scalar_t* grad_y, const scalar_t* x, scalar_t
   store_chunk<kVector>(grad_x + chunk * N, count, g);
 }
 
+// ---- Code modes: the tables of one thread block -------------------------------------------
+// The search length, clamped to [0, num_thresholds]: the padded table then has at most
+// 2 * (kMaxIntervals - 1) < kMaxPadded entries and no search reads past it.
+SUGAR_HD int clamp_scan(int32_t scan, int num_thresholds) {
+  return scan < 0 ? 0 : (scan > num_thresholds ? num_thresholds : scan);
+}
+
+// One bucket of the block's search table, 32 bits: the bucket start (bits 0-15), and, when no
+// threshold falls in the bucket, kDirect and the code of every x there (bits 16-23). Every x of
+// such a bucket has the same #{t : t < x} (bucket_of is monotone in x, so a threshold in a lower
+// bucket is below x, one in a higher bucket above it): one table read instead of 2 + scan.
+constexpr uint32_t kDirect = 1u << 31;
+
+template <typename T>
+struct BlockCodeTable {
+  CodeTable<T> search;     // padded thresholds, interval codes, bucket mapping, scan
+  const uint32_t* bucket;  // kSearchBuckets entries as above
+};
+
+// Step 1 of the fill; thread `tid` of `nthreads` does its share: thresholds padded with `scan`
+// +inf entries, the interval codes, and the bucket starts clamped to [0, num_thresholds]. With
+// these clamps a search reads thresholds [0, num_thresholds + scan) and ends at an interval
+// <= num_thresholds (the +inf padding never counts), so even a corrupt search table cannot make
+// a kernel read or write outside these arrays.
+template <typename T>
+SUGAR_HD void fill_code_tables(int tid, int nthreads, const T* thresholds,
+                               const uint8_t* interval_codes, int num_thresholds,
+                               const int32_t* bucket_start, int scan, T* padded_out,
+                               uint8_t* interval_codes_out, uint32_t* bucket_out) {
+  for (int i = tid; i < num_thresholds + scan; i += nthreads) {
+    padded_out[i] = i < num_thresholds ? thresholds[i] : std::numeric_limits<T>::infinity();
+  }
+  for (int i = tid; i <= num_thresholds; i += nthreads) interval_codes_out[i] = interval_codes[i];
+#pragma unroll 4
+  for (int i = tid; i < kSearchBuckets; i += nthreads) {
+    const int32_t s = bucket_start[i];
+    bucket_out[i] = static_cast<uint32_t>(s < 0 ? 0 : (s > num_thresholds ? num_thresholds : s));
+  }
+}
+
+template <typename T>
+SUGAR_HD BlockCodeTable<T> block_code_table(const T* padded, const uint8_t* interval_codes,
+                                            const uint32_t* bucket, int num_thresholds,
+                                            int scan) {
+  const CodeTable<T> search{padded,
+                            interval_codes,
+                            nullptr,  // the bucket starts are in `bucket`
+                            num_thresholds ? padded[0] : T(0),
+                            inverse_width(padded, num_thresholds),
+                            scan};
+  return {search, bucket};
+}
+
+// Step 2, after every thread finished step 1 (`table` reads the filled copies, `bucket` is
+// table.bucket): marks the buckets with no threshold, with the code of their interval. For valid
+// tables a threshold of bucket i, and the count for an x there, are found among thresholds
+// [start, start + scan] (the search table's guarantee), so they are what the search would give.
+// For any table the interval stays <= num_thresholds: reads stay inside the copies.
+template <typename T>
+SUGAR_HD void mark_direct_buckets(int tid, int nthreads, const BlockCodeTable<T>& table,
+                                  int num_thresholds, uint32_t* bucket) {
+  const CodeTable<T>& search = table.search;
+  for (int i = tid; i < kSearchBuckets; i += nthreads) {
+    const int start = static_cast<int>(bucket[i]);
+    int below = start;
+    bool alone = true;
+    for (int k = 0; k <= search.scan && start + k < num_thresholds; ++k) {
+      const int b = bucket_of(search.thresholds[start + k], search);
+      alone = alone && b != i;
+      below += k < search.scan && b < i ? 1 : 0;
+    }
+    const uint32_t code = search.interval_codes[below];
+    bucket[i] = static_cast<uint32_t>(start) | (alone ? kDirect | (code << 16) : 0u);
+  }
+}
+
+// interval_codes[#{t : t < x}], as code_of() (sugar_math.h) computes it; NaN -> interval 0.
+template <typename T>
+SUGAR_HD uint32_t block_code_of(T x, const BlockCodeTable<T>& table) {
+  const uint32_t entry = table.bucket[bucket_of(x, table.search)];
+  if (entry & kDirect) return (entry >> 16) & 0xFFu;
+  const int first = static_cast<int>(entry & 0xFFFFu);
+  int below = first;
+  for (int k = 0; k < table.search.scan; ++k) {
+    below += table.search.thresholds[first + k] < x ? 1 : 0;
+  }
+  return table.search.interval_codes[below];
+}
+
 // ---- Code modes: chunks of kCodeChunk elements, whose codes are exactly `bits` bytes -------
 // kCodeChunk = 8 elements: 32 bytes of float (two 128-bit loads), 16 of half/bfloat16 (one), 64 of
 // double (four); their codes are one 1/2/4/8-byte word, element j in bits [j * bits, (j+1) * bits)
@@ -157,7 +246,7 @@ SUGAR_HD void store_code_word(uint8_t* p, int count, uint64_t word) {
 // masked to `bits` bits, so a corrupt interval_codes table cannot spill into a neighbour's code.
 template <int kBits, bool kVector, typename scalar_t, typename T>
 SUGAR_HD void encode_chunk(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t chunk,
-                           int64_t n, const CodeTable<T>& table) {
+                           int64_t n, const BlockCodeTable<T>& table) {
   using Acc = std::conditional_t<kBits == 8, uint64_t, uint32_t>;
   constexpr Acc kMask = (Acc{1} << kBits) - 1;
   const int count = chunk_count<kCodeChunk>(chunk, n);
@@ -166,7 +255,7 @@ SUGAR_HD void encode_chunk(const scalar_t* x, scalar_t* y, uint8_t* codes, int64
   Acc word = 0;
 #pragma unroll
   for (int j = 0; j < kCodeChunk; ++j) {
-    const Acc code = static_cast<Acc>(code_of(static_cast<T>(v[j]), table)) & kMask;
+    const Acc code = static_cast<Acc>(block_code_of(static_cast<T>(v[j]), table)) & kMask;
     word |= (j < count ? code : Acc{0}) << (j * kBits);
     v[j] = relu(v[j]);
   }
@@ -190,46 +279,6 @@ SUGAR_HD void decode_chunk(const scalar_t* grad_y, const uint8_t* codes, const T
     g[j] = static_cast<scalar_t>(static_cast<T>(g[j]) * level);
   }
   store_chunk<kVector>(grad_x + chunk * kCodeChunk, count, g);
-}
-
-// ---- The tables of one thread block ----------------------------------------------------------
-// The search length, clamped to [0, num_thresholds]: the padded table then has at most
-// 2 * (kMaxIntervals - 1) < kMaxPadded entries and no search reads past it.
-SUGAR_HD int clamp_scan(int32_t scan, int num_thresholds) {
-  return scan < 0 ? 0 : (scan > num_thresholds ? num_thresholds : scan);
-}
-
-// Thread `tid` of `nthreads` fills its share of the block's copies: thresholds padded with `scan`
-// +inf entries, the interval codes, and the bucket starts clamped to [0, num_thresholds]. With
-// these clamps, interval_of() reads thresholds [0, num_thresholds + scan) and returns at most
-// num_thresholds (the +inf padding never counts), so even a corrupt search table cannot make a
-// kernel read or write outside these arrays.
-template <typename T>
-SUGAR_HD void fill_code_tables(int tid, int nthreads, const T* thresholds,
-                               const uint8_t* interval_codes, int num_thresholds,
-                               const int32_t* bucket_start, int scan, T* padded_out,
-                               uint8_t* interval_codes_out, int32_t* bucket_start_out) {
-  for (int i = tid; i < num_thresholds + scan; i += nthreads) {
-    padded_out[i] = i < num_thresholds ? thresholds[i] : std::numeric_limits<T>::infinity();
-  }
-  for (int i = tid; i <= num_thresholds; i += nthreads) interval_codes_out[i] = interval_codes[i];
-#pragma unroll 4
-  for (int i = tid; i < kSearchBuckets; i += nthreads) {
-    const int32_t s = bucket_start[i];
-    bucket_start_out[i] = s < 0 ? 0 : (s > num_thresholds ? num_thresholds : s);
-  }
-}
-
-// The search over the filled copies (the bucket mapping from the first and last threshold).
-template <typename T>
-SUGAR_HD CodeTable<T> code_table_of(const T* padded, const uint8_t* interval_codes,
-                                    const int32_t* bucket_start, int num_thresholds, int scan) {
-  return {padded,
-          interval_codes,
-          bucket_start,
-          num_thresholds ? padded[0] : T(0),
-          inverse_width(padded, num_thresholds),
-          scan};
 }
 
 }  // namespace sugar

@@ -84,17 +84,23 @@ template <typename T>
 struct BlockTables {
   std::vector<T> padded = std::vector<T>(kMaxPadded);
   std::vector<uint8_t> codes = std::vector<uint8_t>(kMaxIntervals);
-  std::vector<int32_t> bucket_start = std::vector<int32_t>(kSearchBuckets);
-  CodeTable<T> table;
+  std::vector<uint32_t> bucket = std::vector<uint32_t>(kSearchBuckets);
+  BlockCodeTable<T> table;
+  int direct = 0;  // buckets marked direct
   BlockTables(const std::vector<T>& thresholds, const std::vector<uint8_t>& interval_codes,
               const std::vector<int32_t>& search, int nthreads) {
     const int m = static_cast<int>(thresholds.size());
     const int scan = clamp_scan(search[0], m);
     for (int tid = nthreads - 1; tid >= 0; --tid) {
       fill_code_tables(tid, nthreads, thresholds.data(), interval_codes.data(), m,
-                       search.data() + 1, scan, padded.data(), codes.data(), bucket_start.data());
+                       search.data() + 1, scan, padded.data(), codes.data(), bucket.data());
     }
-    table = code_table_of(padded.data(), codes.data(), bucket_start.data(), m, scan);
+    // (__syncthreads() in the kernel)
+    table = block_code_table(padded.data(), codes.data(), bucket.data(), m, scan);
+    for (int tid = nthreads - 1; tid >= 0; --tid) {
+      mark_direct_buckets(tid, nthreads, table, m, bucket.data());
+    }
+    for (const uint32_t entry : bucket) direct += entry & kDirect ? 1 : 0;
   }
 };
 
@@ -119,7 +125,8 @@ struct Data {
 // vector path for full chunks when kVector, element path for the tail), checked against the
 // reference. `offset` 1 makes every pointer misaligned (the kernels then use kVector = false).
 template <int kBits, bool kVector, typename scalar_t>
-void check_codes(const Data<scalar_t>& d, const CodeTable<opmath_t<scalar_t>>& table, int64_t n,
+void check_codes(const Data<scalar_t>& d, const BlockCodeTable<opmath_t<scalar_t>>& table,
+                 int64_t n,
                  size_t offset, bool inplace, std::type_identity_t<std::vector<scalar_t>>* y_out,
                  std::vector<uint8_t>* codes_out,
                  std::type_identity_t<std::vector<scalar_t>>* grad_out) {
@@ -298,6 +305,9 @@ int run(const std::string& dir) {
   // Tables filled by 256 threads (the launch) and by 7 (another stride), each checked.
   for (int nthreads : {256, 7}) {
     const BlockTables<T> tables(d.thresholds, d.interval_codes, d.search, nthreads);
+    // Both search paths run: buckets with a threshold (searched) and without (direct).
+    EXPECT(tables.direct > 0 && tables.direct < kSearchBuckets, "%d direct buckets of %d",
+           tables.direct, kSearchBuckets);
     for (int64_t n : sizes) {
       if (n > n_max) continue;
       const bool last = n == n_max && nthreads == 256;
