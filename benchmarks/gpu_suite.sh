@@ -7,19 +7,23 @@
 # 1. builds the extension for sm_90 with the image's torch (pip install --no-build-isolation
 #    --no-deps --no-index -e ., TORCH_CUDA_ARCH_LIST=9.0) and checks the CUDA kernels load;
 # 2. runs the CUDA and Triton tests (tests/test_triton_gpu.py, and the cuda-marked tests in tests/),
-#    then compute-sanitizer memcheck and racecheck on benchmarks/sanitize_cuda.py;
-# 3. the full GPU micro sweep (2^28 down to 2^16, float32 and bfloat16), then the memory table;
-# 4. prints a short table last (the largest size, and the issue-5 targets).
+#    the malformed-argument tests of the code ops on CPU and CUDA (tests/test_code_args.py, the
+#    CUDA ones also under compute-sanitizer memcheck: corrupt tables must never access memory
+#    out of bounds), then compute-sanitizer memcheck and racecheck on benchmarks/sanitize_cuda.py;
+# 3. the percent of copy bandwidth of every kernel and mode (benchmarks/gpu_bandwidth.py: float32
+#    and bfloat16, 2^24..2^28, issue-11 targets), the full GPU micro sweep (2^28 down to 2^16,
+#    float32 and bfloat16), then the memory table;
+# 4. prints short tables last (%copy per kernel, the largest size, the issue-5 and -11 targets).
 #
 # Everything finishes in under 8 minutes: each step runs under `timeout`, with a budget taken from
 # what is left of SUITE_BUDGET seconds (default 450); the micro sweep also stops starting new groups
 # before its budget ends, so its CSV and plot are kept. Outputs go to $OUT when it is set (the
 # device tool brings them back), else to results/gpu/: suite.log (everything printed),
-# micro.csv, micro_cuda.png, memory.md. Exit status: 0 when every step passed, 1 otherwise.
+# bandwidth.csv, micro.csv, micro_cuda.png, memory.md. Exit status: 0 when every step passed, 1 otherwise.
 #
-# SUITE_STEPS picks steps (default "build tests sanitize micro memory"): on a machine still warm from an
-# earlier call (the built extension is kept), SUITE_STEPS="micro memory" gives the benchmarks the
-# whole budget. The micro sweep compiles the paper formula with dynamic shapes here (one compile
+# SUITE_STEPS picks steps (default "build tests codeargs sanitize bandwidth micro memory"): on a
+# machine still warm from an earlier call (the built extension is kept), SUITE_STEPS="bandwidth
+# micro memory" gives the benchmarks the whole budget. The micro sweep compiles the paper formula with dynamic shapes here (one compile
 # per dtype; size hints from 2^28, the first size) to fit the budget; `python -m benchmarks.micro`
 # alone uses static shapes (one compile per size).
 set -uo pipefail
@@ -43,7 +47,7 @@ export SUGAR_REQUIRE_CUDA=1  # a GPU machine must build the CUDA kernels, never 
 START=$(date +%s)
 DEADLINE=$((START + ${SUITE_BUDGET:-450}))
 FAILED=()
-STEPS=" ${SUITE_STEPS:-build tests sanitize micro memory} "
+STEPS=" ${SUITE_STEPS:-build tests codeargs sanitize bandwidth micro memory} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 
 left() { echo $((DEADLINE - $(date +%s))); }
@@ -109,6 +113,16 @@ if want tests; then
         --ignore=tests/test_triton_gpu.py
 fi
 
+# 2a. malformed arguments to the code ops: every case on CPU and CUDA (errors; on CUDA the
+# corrupt table values are clamped by the kernels), the CUDA cases again under memcheck
+if want codeargs; then
+    step test-code-args 60 140 "$PY" -m pytest -q -p no:cacheprovider tests/test_code_args.py
+    if command -v compute-sanitizer > /dev/null; then
+        step sanitize-code-args 60 130 compute-sanitizer --tool memcheck --error-exitcode 1 \
+            "$PY" -m pytest -q -p no:cacheprovider tests/test_code_args.py -k "cuda and value"
+    fi
+fi
+
 # 2b. compute-sanitizer memcheck and racecheck on a small workload touching every CUDA kernel
 if want sanitize; then
     if command -v compute-sanitizer > /dev/null; then
@@ -121,6 +135,12 @@ if want sanitize; then
         echo "=== sanitize: compute-sanitizer not found on this machine, skipped"
         FAILED+=("sanitize(missing)")
     fi
+fi
+
+# 3a. percent of copy bandwidth per kernel and mode (direct op calls), with the issue-11 targets
+if want bandwidth; then
+    step bandwidth 100 110 "$PY" -m benchmarks.gpu_bandwidth --sizes 24:28 \
+        --dtypes float32,bfloat16 --csv "$OUT_DIR/bandwidth.csv"
 fi
 
 # 3. benchmarks: the full micro sweep (largest sizes first, so a cut-short run keeps the sizes
@@ -144,6 +164,11 @@ fi
 # 4. the short table, last
 echo
 echo "=== summary ($(($(date +%s) - START)) s)"
+if [[ -s "$OUT_DIR/bandwidth.csv" ]]; then
+    timeout 25 "$PY" -m benchmarks.gpu_bandwidth --report "$OUT_DIR/bandwidth.csv"
+else
+    echo "no bandwidth results"
+fi
 if [[ -s "$OUT_DIR/micro.csv" ]]; then
     timeout 25 "$PY" -m benchmarks.micro --summarize "$OUT_DIR/micro.csv"
 else

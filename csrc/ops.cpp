@@ -2,6 +2,7 @@
 // CPU/CUDA registrations of the ops whose schemas sugar_kernels/_ops.py defines.
 #include <Python.h>
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -141,6 +142,52 @@ void check_table(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
               x.device());
 }
 
+// The code tables. Sizes, dtypes and devices are checked for every device; that alone bounds
+// every table the kernels copy (thresholds <= kMaxIntervals - 1 entries, so the padded copy of
+// thresholds + scan <= 2 * thresholds entries fits kMaxPadded). The values that index other
+// tables (the scan length, the bucket starts, the interval codes) are checked here for CPU
+// tensors, where reading them costs ~1 us. For CUDA tensors reading them on the host would cost
+// a device-to-host copy and a stream synchronisation on every forward call, so the CUDA kernels
+// clamp them instead (scan and bucket starts to [0, #thresholds], codes masked to `bits` bits;
+// see cuda_kernels.cu): a corrupt CUDA table gives wrong codes, never an out-of-bounds access.
+// Index of the first of `count` entries that fails `ok`, or -1; a branch-free pass first (the
+// common case, ~0.5 us for the 4096 bucket starts), the index search only to report an error.
+template <typename T, typename Ok>
+int64_t first_bad(const T* v, int64_t count, Ok ok) {
+  bool all = true;
+  for (int64_t i = 0; i < count; ++i) all &= ok(v[i], i);
+  if (all) return -1;
+  for (int64_t i = 0;; ++i) {
+    if (!ok(v[i], i)) return i;
+  }
+}
+
+void check_table_values(const at::Tensor& thresholds, const at::Tensor& interval_codes,
+                        const at::Tensor& search, int64_t bits, const char* op) {
+  const int64_t m = thresholds.numel();
+  const int32_t* s = search.const_data_ptr<int32_t>();
+  TORCH_CHECK(s[0] >= 0 && s[0] <= m, op, ": search[0] (the scan length) must be in [0, ", m,
+              "] (the number of thresholds), got ", s[0]);
+  const int64_t bad_start =
+      first_bad(s + 1, kSearchBuckets, [m](int32_t v, int64_t) { return v >= 0 && v <= m; });
+  TORCH_CHECK(bad_start < 0, op, ": search[", bad_start + 1,
+              "] (a bucket start) must be in [0, ", m, "] (the number of thresholds), got ",
+              s[bad_start + 1]);
+  const uint8_t* codes = interval_codes.const_data_ptr<uint8_t>();
+  const int64_t bad_code =
+      first_bad(codes, m + 1, [bits](uint8_t c, int64_t) { return c < (1 << bits); });
+  TORCH_CHECK(bad_code < 0, op, ": interval_codes[", bad_code, "] = ",
+              static_cast<int>(codes[bad_code]), " is not a ", bits, "-bit code");
+  AT_DISPATCH_FLOATING_TYPES(thresholds.scalar_type(), "check_thresholds", [&] {
+    const scalar_t* t = thresholds.const_data_ptr<scalar_t>();
+    const int64_t bad = first_bad(t, m, [t](scalar_t v, int64_t i) {
+      return !std::isnan(v) && (i == 0 || t[i - 1] <= v);
+    });
+    TORCH_CHECK(bad < 0, op, ": thresholds must be sorted and not NaN, got thresholds[", bad,
+                "] = ", t[bad]);
+  });
+}
+
 CodeArgs code_args(const at::Tensor& x, const at::Tensor& levels, const at::Tensor& thresholds,
                    const at::Tensor& interval_codes, const at::Tensor& search, int64_t bits,
                    const char* op) {
@@ -150,16 +197,18 @@ CodeArgs code_args(const at::Tensor& x, const at::Tensor& levels, const at::Tens
   check_table(levels, x, opmath, op, "levels");
   check_table(thresholds, x, opmath, op, "thresholds");
   check_table(interval_codes, x, at::kByte, op, "interval_codes");
+  check_table(search, x, at::kInt, op, "search");
   TORCH_CHECK(levels.numel() == (int64_t{1} << bits), op, ": expected 2**bits = ",
               int64_t{1} << bits, " levels, got ", levels.numel());
-  TORCH_CHECK(interval_codes.numel() == thresholds.numel() + 1 &&
-                  interval_codes.numel() <= kMaxIntervals,
-              op, ": expected len(thresholds) + 1 <= ", kMaxIntervals,
-              " interval codes, got ", interval_codes.numel(), " for ", thresholds.numel(),
-              " thresholds");
-  check_table(search, x, at::kInt, op, "search");
+  TORCH_CHECK(thresholds.numel() <= kMaxIntervals - 1, op, ": expected at most ",
+              kMaxIntervals - 1, " thresholds, got ", thresholds.numel());
+  TORCH_CHECK(interval_codes.numel() == thresholds.numel() + 1, op,
+              ": expected len(thresholds) + 1 = ", thresholds.numel() + 1,
+              " interval codes, got ", interval_codes.numel());
   TORCH_CHECK(search.numel() == kSearchBuckets + 1, op, ": expected a search table of ",
-              kSearchBuckets + 1, " entries, got ", search.numel());
+              kSearchBuckets + 1, " entries (scan length, then bucket starts), got ",
+              search.numel());
+  if (x.is_cpu()) check_table_values(thresholds, interval_codes, search, bits, op);
   return {static_cast<int>(bits), thresholds.const_data_ptr(),
           interval_codes.const_data_ptr<uint8_t>(), static_cast<int>(thresholds.numel()),
           search.const_data_ptr<int32_t>()};

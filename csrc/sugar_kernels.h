@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "sugar_limits.h"
 #include "sugar_math.h"
 
 namespace sugar {
@@ -35,9 +36,7 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y, const void* x,
                        int64_t n, const GradParams& params);
 
 // Code modes. Tables are in the opmath type (float, or double for float64); `y` may equal `x`.
-constexpr int kMaxIntervals = 1024;  // capacity of the threshold table (codes.py MAX_INTERVALS)
-// The padded table holds the thresholds plus `scan` (<= their count) +inf entries.
-constexpr int kMaxPadded = 2 * kMaxIntervals;
+// Capacities: kMaxIntervals, kMaxPadded (sugar_limits.h).
 
 struct CodeArgs {
   int bits;
@@ -49,12 +48,15 @@ struct CodeArgs {
 
 // Host side (CPU): copies the thresholds into `padded` (num_thresholds + scan entries, +inf
 // beyond the real ones) and derives the bucket mapping from the first and last threshold.
+// Needs tables that ops.cpp validated (scan and bucket starts in [0, num_thresholds]).
 template <typename T>
 CodeTable<T> make_code_table(const CodeArgs& args, T* padded) {
   const T* src = static_cast<const T*>(args.thresholds);
   const int m = args.num_thresholds;
   const int scan = args.search[0];
-  for (int i = 0; i < m + scan; ++i) padded[i] = i < m ? src[i] : std::numeric_limits<T>::infinity();
+  for (int i = 0; i < m + scan; ++i) {
+    padded[i] = i < m ? src[i] : std::numeric_limits<T>::infinity();
+  }
   return {padded, args.interval_codes, args.search + 1, m ? src[0] : T(0), inverse_width(src, m),
           scan};
 }

@@ -136,8 +136,8 @@ SUGAR_HD T grad_factor(T x, T alpha, bool negative_only) {
 }
 
 // Calls f(std::integral_constant<Surrogate, S>{}) for the runtime value s: hoists the choice of
-// surrogate out of a loop (the CPU kernels), or picks it per element (the CUDA kernels, where it
-// is uniform across a warp and keeps the number of kernel instantiations small).
+// surrogate out of a loop (the CPU kernels), or picks one kernel per surrogate on the host (the
+// CUDA kernels).
 template <typename F>
 SUGAR_HD decltype(auto) dispatch_surrogate(Surrogate s, F&& f) {
   switch (s) {
