@@ -53,8 +53,8 @@ def _code_config(dtype, bits):
     return PAIRS[(DTYPES.index(dtype) * len(BITS) + BITS.index(bits)) % len(PAIRS)]
 
 
-def _tables(surrogate, region, bits, dtype):
-    return kernel_tables(surrogate, None, region, bits, CPU, dtype)
+def _tables(surrogate, region, bits, dtype, device=CPU):
+    return kernel_tables(surrogate, None, region, bits, device, dtype)
 
 
 def _check_codes(x, bits, surrogate, region, msg):
@@ -105,17 +105,34 @@ def _compiled_ops(x32, xbf, gy32, gybf):
         for case in EXACT_CASES[::3]:
             out.append(torch.ops.sugar.relu_backward(gy, x, *sk.surrogates.resolve(*case)))
         for bits, (surrogate, region) in ((8, ("gelu", "all")), (1, ("nelu", "negative"))):
-            levels, thr, icodes, search = _tables(surrogate, region, bits, x.dtype)
+            levels, thr, icodes, search = _tables(surrogate, region, bits, x.dtype, x.device)
             y, codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, search, bits)
             out += [y, codes, torch.ops.sugar.relu_backward_codes(gy, codes, levels, bits)]
     return out
 
 
-def test_inductor_generates_the_ops(fresh_dynamo):
-    """Compiled with Inductor: no call to a sugar op in the generated code, and the results equal
-    the kernels' (codes, relu and code-mode gradients bitwise; exact gradients within the
-    documented tolerance of the oracle: Inductor's exp/erf may round differently)."""
-    x32 = torch.cat([s for _, s in sample_inputs(CPU, torch.float32) if s.dim() == 1])
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(
+                not sk.build_info()["cuda_compiled"] or not torch.cuda.is_available(),
+                reason="needs a CUDA GPU and the compiled CUDA kernels",
+            ),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inductor_generates_the_ops(fresh_dynamo, device):
+    """Compiled with Inductor: no call to a sugar op in the generated code (C++ on CPU, Triton on
+    CUDA), and the results equal the kernels' (codes, relu and code-mode gradients bitwise; exact
+    gradients within the documented tolerance of the oracle: Inductor's exp/erf may round
+    differently)."""
+    x32 = torch.cat([s for _, s in sample_inputs(device, torch.float32) if s.dim() == 1])
     xbf = x32.to(torch.bfloat16)
     grads = [grad_output_for(x32), grad_output_for(xbf)]
     got, code = run_and_get_code(torch.compile(_compiled_ops), x32, xbf, *grads)
