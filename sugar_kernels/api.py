@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import triton_kernels
-
-from . import _ops
+from . import _ops, triton_kernels
 from ._ops import InplaceCodes
 from .codes import check_bits, search_table, tables
 from .reference import ReferenceCodes, ReferenceSugarReLU, reference_backward_codes
