@@ -560,6 +560,7 @@ def plot(rows: list[dict], path: str | Path) -> Path | None:
         figsize=(5 * len(modes), 3.8 * len(dtypes)),
         squeeze=False,
         sharex=True,
+        layout="constrained",
     )
     for i, dt in enumerate(dtypes):
         for j, mode in enumerate(modes):
@@ -599,7 +600,7 @@ def plot(rows: list[dict], path: str | Path) -> Path | None:
             if i == len(dtypes) - 1:
                 ax.set_xlabel("elements per tensor")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8)
     first = rows[0]
     reps = sorted(int(r["reps"]) for r in rows)
     fig.suptitle(
@@ -608,7 +609,6 @@ def plot(rows: list[dict], path: str | Path) -> Path | None:
         f"at start, {reps[0]}-{reps[-1]} interleaved calls per point",
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 0.94))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -32,7 +32,7 @@ def title(result: dict) -> str:
     """Dataset, model, seeds, machine and commit of a run (one or two lines)."""
     cfg, env = result["config"], result["environment"]
     d = env["dataset"]
-    stress = ", stress init" if cfg.get("stress") else ""
+    stress = f", stress init (hidden biases -{cfg['stress_bias']})" if cfg.get("stress") else ""
     return (
         f"{d['name']} ({d['train']} train / {d['test']} test), {cfg['model']}, "
         f"{cfg['epochs']} epochs, seeds {cfg['seeds']}{stress}\n"
@@ -51,7 +51,9 @@ def write_plots(result: dict, out: Path) -> list[str]:
     n_seeds = len(runs[0]["seeds"])
     spread = "±1 std over seeds" if n_seeds > 1 else "one seed: no spread"
     files = []
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     for i, r in enumerate(runs):
         style = _STYLES[i % len(_STYLES)]
         epochs = r["curve"]["epoch"]
@@ -73,16 +75,18 @@ def write_plots(result: dict, out: Path) -> list[str]:
     )
     axes[1].set_ylim(bottom=-2)
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title(result), fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(out / "accuracy.png", dpi=110)
     plt.close(fig)
     files.append("accuracy.png")
 
     layers = list(runs[0]["dead_fraction_per_layer"])
-    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(layers) * max(1, len(runs)) / 3), 4.6))
+    fig, ax = plt.subplots(
+        figsize=(max(7, 1.1 * len(layers) * max(1, len(runs)) / 3), 4.6), layout="constrained"
+    )
     width = 0.8 / len(runs)
     for i, r in enumerate(runs):
         xs = [j + i * width for j in range(len(layers))]
@@ -101,7 +105,15 @@ def write_plots(result: dict, out: Path) -> list[str]:
         # a zero-height bar is invisible: mark zeros with a short line in the bar's colour
         zeros = [x for x, m in zip(xs, mean) if m == 0]
         if zeros:
-            ax.scatter(zeros, [0] * len(zeros), marker="_", s=120, color=bars[0].get_facecolor())
+            ax.scatter(
+                zeros,
+                [0] * len(zeros),
+                marker="_",
+                s=250,
+                linewidths=2.5,
+                color=bars[0].get_facecolor(),
+                zorder=3,
+            )
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_ylim(bottom=-3)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))])
@@ -118,7 +130,6 @@ def write_plots(result: dict, out: Path) -> list[str]:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title(result), fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(out / "dead_units.png", dpi=110)
     plt.close(fig)
     files.append("dead_units.png")
