@@ -25,7 +25,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +180,36 @@ def interleaved(
             stats[case.name].samples.extend(timer.time(case.fn, case.setup, share))
     timer.sync()
     return stats, errors
+
+
+# --------------------------------------------------------------------------- saved memory
+
+
+def saved_bytes(forward: Callable[[], torch.Tensor], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes autograd saves for backward while ``forward()`` builds its graph: each storage
+    counted once (in-place ops share one), storages of ``exclude`` (parameters) not counted.
+
+    The pack hook keeps a *detached alias* of each saved tensor until the graph is freed (so a
+    freed storage's address cannot be reused by a later tensor and be missed). It must not return
+    the tensor itself: for a tensor saved by the op that produced it (relu's output, sigmoid's),
+    that makes a cycle output -> grad_fn -> saved output that no garbage collector sees, and the
+    whole graph leaks (0.4-1.4 GB per call on the models of ``benchmarks.memory``)."""
+    skip = {p.untyped_storage().data_ptr() for p in exclude}
+    seen: dict[tuple[str, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
+            return t.detach()
+        if st.data_ptr() not in skip:
+            seen[(str(t.device), st.data_ptr())] = st.nbytes()
+        return t.detach()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    del out
+    return sum(seen.values())
 
 
 # --------------------------------------------------------------------------- environment

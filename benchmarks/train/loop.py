@@ -16,6 +16,7 @@ from torch import nn
 
 from sugar_kernels.diagnostics import ActivationMonitor
 
+from ..common import saved_bytes
 from .data import Dataset, augment
 from .models import apply_activation, build_model, stress_init
 
@@ -26,23 +27,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     Runs on a copy of the model so that batch-norm statistics of the real one are not touched.
     """
     model = copy.deepcopy(model).train()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[tuple, int] = {}
-
-    def pack(t):
-        try:
-            st = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):
-            return t
-        key = (str(t.device), st.data_ptr())
-        if st.data_ptr() not in params and key not in seen:
-            seen[key] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.cross_entropy(model(x), y)
-    del loss
-    return sum(seen.values())
+    return saved_bytes(lambda: F.cross_entropy(model(x), y), model.parameters())
 
 
 def evaluate(model: nn.Module, data: Dataset, device, batch_size: int = 512) -> tuple[float, dict]:
