@@ -1,6 +1,7 @@
 # sugar-kernels: `make test` and `make bench` do all set-up themselves (venv, pinned deps, build).
 # Each long step first prints how long it takes on the 2-core dev machine (README: "Two commands").
 PYTHON ?= python3
+BENCH_ARGS ?=
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-stamp
@@ -32,7 +33,7 @@ test: install
 
 bench: install
 	@echo ">>> benchmarks: ~4 min on 2 cores; each step prints its progress; report in results/REPORT.md"
-	$(VPY) -m benchmarks.run
+	$(VPY) -m benchmarks.run $(BENCH_ARGS)
 
 lint: $(DEPS_STAMP)
 	$(VENV)/bin/ruff check .
