@@ -25,6 +25,7 @@ import os
 import platform
 import subprocess
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,30 +187,35 @@ def interleaved(
 
 
 def saved_bytes(forward: Callable[[], torch.Tensor], exclude: Iterable[torch.Tensor] = ()) -> int:
-    """Bytes autograd saves for backward while ``forward()`` builds its graph: each storage
-    counted once (in-place ops share one), storages of ``exclude`` (parameters) not counted.
+    """Bytes autograd keeps for backward once ``forward()`` has built its graph: the storages of
+    the saved tensors still held by the graph when ``forward`` returns, each counted once (in-place
+    ops share one), storages of ``exclude`` (parameters) not counted.
 
-    The pack hook keeps a *detached alias* of each saved tensor until the graph is freed (so a
-    freed storage's address cannot be reused by a later tensor and be missed). It must not return
-    the tensor itself: for a tensor saved by the op that produced it (relu's output, sigmoid's),
-    that makes a cycle output -> grad_fn -> saved output that no garbage collector sees, and the
-    whole graph leaks (0.4-1.4 GB per call on the models of ``benchmarks.memory``)."""
+    The pack hook hands autograd a *detached alias* of each saved tensor and keeps only a weak
+    reference to it. Tensors saved by a node that is freed during the forward (``relu(x).detach()``
+    frees relu's node and its saved output) are therefore not counted, as they do not stay in
+    memory. The hook must not return the tensor itself: for a tensor saved by the op that produced
+    it (relu's output, sigmoid's), that makes a cycle output -> grad_fn -> saved output that no
+    garbage collector sees, so the whole graph leaks (0.4-1.4 GB per call on the models of
+    ``benchmarks.memory``) and freed tensors are counted as kept."""
     skip = {p.untyped_storage().data_ptr() for p in exclude}
-    seen: dict[tuple[str, int], int] = {}
+    entries: list[tuple[tuple[str, int], int, weakref.ref]] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        alias = t.detach()
         try:
             st = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
-            return t.detach()
+            return alias
         if st.data_ptr() not in skip:
-            seen[(str(t.device), st.data_ptr())] = st.nbytes()
-        return t.detach()
+            entries.append(((str(t.device), st.data_ptr()), st.nbytes(), weakref.ref(alias)))
+        return alias
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward()
+    alive = {key: nbytes for key, nbytes, ref in entries if ref() is not None}
     del out
-    return sum(seen.values())
+    return sum(alive.values())
 
 
 # --------------------------------------------------------------------------- environment
