@@ -21,18 +21,18 @@ $(DEPS_STAMP): requirements-dev.txt
 
 # Rebuilds only when a source changed (ninja then recompiles only what changed).
 $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
-	@echo ">>> building the C++ extension (ninja prints each compile): ~35 s CPU-only, ~2.5 min with the CUDA kernels, on 2 cores"
+	@echo ">>> building the C++ extension (ninja prints each compile): ~35 s CPU-only, ~1 min with the CUDA kernels, on 2 cores"
 	$(VPY) setup.py build_ext --inplace
 	$(VPY) -c "import sugar_kernels as sk; print('sugar-kernels build:', sk.build_info())"
 	touch $@
 
 test: install
-	@echo ">>> test suite on CPU: ~4.5 min on 2 cores (CUDA tests skip without a GPU); then the Triton interpreter tests: ~1 min"
+	@echo ">>> test suite on CPU: ~4.5 min on a quiet 2-core machine, up to ~13 min on a shared one (CUDA tests skip without a GPU); then the Triton interpreter tests: ~1 min"
 	$(VPY) -m pytest -q --durations=5 tests --ignore=tests/triton_interpret
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q --durations=5 tests/triton_interpret
 
 bench: install
-	@echo ">>> benchmarks: ~4 min on 2 cores; each step prints its progress; report in results/REPORT.md"
+	@echo ">>> benchmarks: ~4 min on a quiet 2-core machine, ~6 min on a shared one; each step prints its progress; report in results/REPORT.md"
 	$(VPY) -m benchmarks.run $(BENCH_ARGS)
 
 lint: $(DEPS_STAMP)
