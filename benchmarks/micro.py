@@ -534,6 +534,9 @@ def print_targets(rows: list[dict]) -> None:
     if targets:
         print()
         print(text_table(["target (issue 5)", "measured", "verdict"], targets, "lrl"))
+        load = _f(rows[0], "load")
+        note = machine_load_note(load) if not math.isnan(load) else None
+        print(note or "verdicts: met/missed where the p20-p80 bands separate, else inconclusive")
 
 
 def plot(rows: list[dict], path: str | Path) -> Path | None:
