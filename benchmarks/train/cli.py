@@ -13,12 +13,12 @@ import torch
 
 import sugar_kernels as sk
 
-from ..common import git_commit
+from ..common import device_name, git_commit
 from .data import DATASETS, load_data
 from .loop import PROGRESS, train_one
 from .models import MODELS, available_activations, bits8_available, parse_activation
 from .plots import write_plots
-from .report import aggregate, machine_name, pct, report
+from .report import aggregate, pct, report
 
 SCHEMA_VERSION = 1
 
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
         "schema_version": SCHEMA_VERSION,
         "config": config,
         "environment": {
-            "machine": machine_name(device),
+            "machine": device_name(device),
             "commit": git_commit(),
             "device": str(device),
             "torch": torch.__version__,

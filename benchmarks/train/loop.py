@@ -51,8 +51,8 @@ PROGRESS = ("auto", "bar", "lines", "off")
 
 
 def progress_mode(requested: str = "auto") -> str:
-    """ "auto": tqdm bars on a terminal, plain per-epoch lines when stderr is a file or a pipe
-    (a log gets no carriage-return bars); else the mode asked for."""
+    """The progress style to use: for "auto", tqdm bars on a terminal and plain per-epoch lines
+    when stderr is a file or a pipe (a log gets no carriage-return bars); else the one asked for."""
     if requested not in PROGRESS:
         raise ValueError(f"progress must be one of {', '.join(PROGRESS)}, not {requested!r}")
     if requested == "auto":

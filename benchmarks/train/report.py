@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-
-import torch
 
 from .models import parse_activation
 
@@ -93,21 +89,6 @@ def per_layer_table(runs: list[dict]) -> str:
         cells = " | ".join(pct(r["dead_fraction_per_layer"].get(k)) for r in runs)
         lines.append(f"| {k} ({units}) | {cells} |")
     return "\n".join(lines)
-
-
-def machine_name(device) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
 
 
 def report(result: dict) -> str:
