@@ -1,5 +1,7 @@
 # sugar-kernels: `make test` and `make bench` do all set-up themselves (venv, pinned deps, build).
+# Each long step first prints how long it takes on the 2-core dev machine (README: "Two commands").
 PYTHON ?= python3
+BENCH_ARGS ?=
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-stamp
@@ -10,23 +12,28 @@ EXT_SOURCES := $(filter-out csrc/_build_config.h,$(wildcard csrc/*.h csrc/*.cpp 
 
 install: $(EXT_STAMP)
 
+# pip prints one line per package (no progress bars: they are carriage-return noise in a log).
 $(DEPS_STAMP): requirements-dev.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet -r requirements-dev.txt
+	@echo ">>> installing the pinned dependencies into $(VENV) (torch with CUDA, ~3 GB): ~1.5 min with a warm pip cache, longer when downloading"
+	$(VPY) -m pip install --progress-bar off -r requirements-dev.txt
 	touch $@
 
 # Rebuilds only when a source changed (ninja then recompiles only what changed).
 $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
+	@echo ">>> building the C++ extension (ninja prints each compile): ~35 s CPU-only, ~1 min with the CUDA kernels, on 2 cores"
 	$(VPY) setup.py build_ext --inplace
 	$(VPY) -c "import sugar_kernels as sk; print('sugar-kernels build:', sk.build_info())"
 	touch $@
 
 test: install
-	$(VPY) -m pytest -q tests --ignore=tests/triton_interpret
-	TRITON_INTERPRET=1 $(VPY) -m pytest -q tests/triton_interpret
+	@echo ">>> test suite on CPU: ~4.5 min on a quiet 2-core machine, up to ~13 min on a shared one (CUDA tests skip without a GPU); then the Triton interpreter tests: ~1 min"
+	$(VPY) -m pytest -q --durations=5 tests --ignore=tests/triton_interpret
+	TRITON_INTERPRET=1 $(VPY) -m pytest -q --durations=5 tests/triton_interpret
 
 bench: install
-	$(VPY) -m benchmarks.run
+	@echo ">>> benchmarks: ~4 min on a quiet 2-core machine, ~6 min on a shared one; each step prints its progress; report in results/REPORT.md"
+	$(VPY) -m benchmarks.run $(BENCH_ARGS)
 
 lint: $(DEPS_STAMP)
 	$(VENV)/bin/ruff check .

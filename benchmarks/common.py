@@ -25,7 +25,8 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,41 @@ def interleaved(
     return stats, errors
 
 
+# --------------------------------------------------------------------------- saved memory
+
+
+def saved_bytes(forward: Callable[[], torch.Tensor], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes autograd keeps for backward once ``forward()`` has built its graph: the storages of
+    the saved tensors still held by the graph when ``forward`` returns, each counted once (in-place
+    ops share one), storages of ``exclude`` (parameters) not counted.
+
+    The pack hook hands autograd a *detached alias* of each saved tensor and keeps only a weak
+    reference to it. Tensors saved by a node that is freed during the forward (``relu(x).detach()``
+    frees relu's node and its saved output) are therefore not counted, as they do not stay in
+    memory. The hook must not return the tensor itself: for a tensor saved by the op that produced
+    it (relu's output, sigmoid's), that makes a cycle output -> grad_fn -> saved output that no
+    garbage collector sees, so the whole graph leaks (0.4-1.4 GB per call on the models of
+    ``benchmarks.memory``) and freed tensors are counted as kept."""
+    skip = {p.untyped_storage().data_ptr() for p in exclude}
+    entries: list[tuple[tuple[str, int], int, weakref.ref]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        alias = t.detach()
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
+            return alias
+        if st.data_ptr() not in skip:
+            entries.append(((str(t.device), st.data_ptr()), st.nbytes(), weakref.ref(alias)))
+        return alias
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    alive = {key: nbytes for key, nbytes, ref in entries if ref() is not None}
+    del out
+    return sum(alive.values())
+
+
 # --------------------------------------------------------------------------- environment
 
 
@@ -258,19 +294,93 @@ def environment(device: str | torch.device) -> dict[str, str]:
     }
 
 
-def busy_warning(env: dict) -> str | None:
-    """A warning when other processes were keeping the CPUs busy as the run started."""
-    try:
-        load, cores = float(env["load"]), os.cpu_count() or 1
-    except (KeyError, ValueError):
+# --------------------------------------------------------------------------- verdicts
+
+# Load average when this module was first imported: benchmark processes import it before they
+# time anything, so this is the load *other* processes put on the machine (a load read after the
+# benchmark ran would count the benchmark's own threads).
+START_LOAD: float | None = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+VERDICTS = ("met", "missed", "inconclusive")
+
+
+def loaded(load: float | None = None, cores: int | None = None) -> bool:
+    """Whether other processes kept the CPUs busy: 1-min load average above a quarter of the
+    cores, and above 0.75 (2 cores: 0.75; 16 cores: 4). A benchmark uses every core, so on a small
+    machine even one busy core distorts it (at load 1.6 on 2 cores torch GELU took 6.0 ms per
+    fwd+bwd of 2^22 floats where quiet runs gave 3.8 ms, while SUGAR stayed at 4.5 ms).
+    ``load`` defaults to ``START_LOAD``, ``cores`` to ``os.cpu_count()``."""
+    load = START_LOAD if load is None else load
+    cores = cores or os.cpu_count() or 1
+    return load is not None and load > max(0.75, 0.25 * cores)
+
+
+def machine_load_note(load: float | None = None, cores: int | None = None) -> str | None:
+    """A one-line note when the machine was loaded (see ``loaded``), else None. Print it with the
+    results: every verdict of such a run is "inconclusive"."""
+    load = START_LOAD if load is None else load
+    cores = cores or os.cpu_count() or 1
+    if not loaded(load, cores):
         return None
-    if load > 0.5 * cores + 0.5:
-        return (
-            f"warning: load average {load:.1f} on {cores} CPUs when the run started: other "
-            "processes compete for the CPUs, so timings are noisy (multi-threaded ops can "
-            "wait a whole scheduler slice, ~10 ms, for a busy core); rerun on a quiet machine"
-        )
-    return None
+    return (
+        f"machine loaded: load average {load:.1f} on {cores} CPUs when the run started; other "
+        "processes compete for the CPUs (a multi-threaded op can wait a whole scheduler slice, "
+        "~10 ms, for a busy core), so every timing verdict is 'inconclusive': rerun on a quiet "
+        "machine"
+    )
+
+
+def spread(samples: Sequence[float]) -> tuple[float, float, float]:
+    """(p20, median, p80) of ``samples``."""
+    p20, p50, p80 = np.percentile(np.asarray(samples, dtype=float), [20, 50, 80])
+    return float(p20), float(p50), float(p80)
+
+
+def verdict_from_quantiles(
+    ours: tuple[float, float, float],
+    baseline: tuple[float, float, float],
+    target_ratio: float,
+    *,
+    load: float | None = None,
+) -> str:
+    """``verdict`` on (p20, median, p80) summaries (e.g. read back from a CSV)."""
+    if loaded(load) or any(not math.isfinite(v) or v <= 0 for v in (*ours, *baseline)):
+        return "inconclusive"
+    o20, _, o80 = ours
+    b20, _, b80 = (target_ratio * v for v in baseline)
+    if o80 < b20:  # even ours' slow calls beat the target's fast ones
+        return "met"
+    if o20 > b80:
+        return "missed"
+    return "inconclusive"  # the spreads overlap: the repetitions cannot separate the two
+
+
+def verdict(
+    ours: Sequence[float],
+    baseline: Sequence[float],
+    target_ratio: float,
+    *,
+    load: float | None = None,
+) -> str:
+    """Decide the target "time(ours) <= target_ratio * time(baseline)": met / missed /
+    inconclusive.
+
+    ``ours`` and ``baseline`` are per-call times (any unit, the same for both) of the two
+    providers, measured interleaved in one process (``interleaved``). Let [p20, p80] be each
+    list's 20th-80th percentile band, the baseline's scaled by ``target_ratio``:
+
+    * "met" when ours' p80 is below the scaled baseline's p20 (the bands are separated, ours
+      faster);
+    * "missed" when ours' p20 is above the scaled baseline's p80;
+    * "inconclusive" when the bands overlap (the spread between repetitions is wider than the
+      difference), when a list is empty or holds a non-positive/non-finite time, or when the
+      machine was loaded (``loaded(load)``; ``load`` defaults to the load average when this
+      module was imported): a loaded run never says "met" (nor "missed").
+
+    Use it for every timing target a benchmark prints, and print ``machine_load_note()`` beside.
+    """
+    if not len(ours) or not len(baseline):
+        return "inconclusive"
+    return verdict_from_quantiles(spread(ours), spread(baseline), target_ratio, load=load)
 
 
 # --------------------------------------------------------------------------- CSV

@@ -14,12 +14,16 @@ import argparse
 import json
 import math
 import platform
+import sys
+import time
 
 import torch
 from torch import nn
 
 import sugar_kernels as sk
 from sugar_kernels.codes import quantizer
+
+from .common import saved_bytes as common_saved_bytes
 
 
 class PaperSugar(nn.Module):
@@ -87,19 +91,7 @@ def _swap(model: nn.Module, factory) -> nn.Module:
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes autograd saves for backward in one forward pass (storages once, no parameters)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x).float().pow(2).mean()
-    del loss
-    return sum(storages.values())
+    return common_saved_bytes(lambda: model(x).float().pow(2).mean(), model.parameters())
 
 
 def peak_train_step_bytes(model: nn.Module, x: torch.Tensor) -> int | None:
@@ -122,7 +114,9 @@ def memory_rows(device: str = "cpu", batch: int = 128, models=None) -> list[dict
     if models:
         builders = {k: v for k, v in builders.items() if k in models}
     rows = []
-    for model_name, build in builders.items():
+    for i, (model_name, build) in enumerate(builders.items()):
+        progress(f"memory: {model_name} ({i + 1}/{len(builders)}), {len(VARIANTS)} variants ...")
+        t0 = time.perf_counter()
         x = torch.randn(batch, 3, 32, 32, device=device)
         base = None
         for variant, factory in VARIANTS.items():
@@ -139,7 +133,14 @@ def memory_rows(device: str = "cpu", batch: int = 128, models=None) -> list[dict
                     "peak_train_MiB": _mib(peak_train_step_bytes(model, x)),
                 }
             )
+            del model
+        progress(f"memory: {model_name} done ({time.perf_counter() - t0:.0f} s)")
     return rows
+
+
+def progress(msg: str) -> None:
+    """Progress on stderr: stdout carries only the Markdown tables (``make bench`` embeds it)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _mib(n):
@@ -148,6 +149,10 @@ def _mib(n):
 
 def error_rows() -> list[dict]:
     """Relative L2 error of g vs exact on N(0,1) inputs, per surrogate x region x bits."""
+    progress(
+        f"memory: code-mode error table ({2 * len(sk.SURROGATES)} x 4 quantiser tables, "
+        "computed on first use) ..."
+    )
     rows = []
     for name in sk.SURROGATES:
         for region in sk.REGIONS:

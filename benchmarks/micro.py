@@ -57,14 +57,17 @@ from .common import (
     Case,
     Timer,
     append_csv,
-    busy_warning,
     environment,
     fmt_num,
     gbps,
     interleaved,
+    machine_load_note,
     read_csv,
     size_label,
+    spread,
     text_table,
+    verdict,
+    verdict_from_quantiles,
 )
 
 MODES = ("forward", "backward", "full")
@@ -297,7 +300,7 @@ def run(
         f"commit {env['commit']} | {env['time_utc']}"
     )
     log("providers: " + ", ".join(p.name for p in providers))
-    warning = busy_warning(env)
+    warning = machine_load_note(float(env["load"])) if env["load"] else None
     if warning:
         log(warning)
     timer = Timer(device)
@@ -366,6 +369,7 @@ def run(
                     "pct_copy": f"{100 * bw / copy_gbps:.1f}",
                     "vs_relu": f"{st.median_ms / relu_ms:.3f}",
                     "note": p.note,
+                    "samples": st.samples,  # per-call seconds, for verdicts (not in the CSV)
                 }
             )
         if on_group is not None:
@@ -436,48 +440,62 @@ def _lookup(rows, provider, mode, dtype, n):
     return None
 
 
+def _timing(row: dict) -> tuple[float, float, float] | list[float]:
+    """A row's per-call times (in-process rows) or its (p20, median, p80) (rows from a CSV)."""
+    if row.get("samples"):
+        return row["samples"]
+    return (_f(row, "p20_ms") * 1e-3, _f(row, "median_ms") * 1e-3, _f(row, "p80_ms") * 1e-3)
+
+
+def target_verdict(ours: dict, baseline: dict, target_ratio: float) -> str:
+    """``benchmarks.common.verdict`` for "ours <= target_ratio x baseline" on two rows of one
+    group, with the load recorded when the run started."""
+    a, b = _timing(ours), _timing(baseline)
+    load = _f(ours, "load")
+    load = None if math.isnan(load) else load
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        a = a if isinstance(a, tuple) else spread(a)
+        b = b if isinstance(b, tuple) else spread(b)
+        return verdict_from_quantiles(a, b, target_ratio, load=load)
+    return verdict(a, b, target_ratio, load=load)
+
+
 def check_targets(rows: list[dict]) -> list[tuple[str, str, str]]:
-    """The targets of issue 5 that these rows can decide: (target, measured, verdict)."""
+    """The targets of issue 5 that these rows can decide: (target, measured, verdict).
+
+    Every verdict is met / missed / inconclusive (``benchmarks.common.verdict``): inconclusive
+    when the machine was loaded or the p20-p80 bands of the two providers overlap. "measured" is
+    the ratio of medians with the ratio of the bands' ends (p20/p80 .. p80/p20) beside it."""
     out: list[tuple[str, str, str]] = []
     if not rows:
         return out
     device = rows[0]["device"]
 
-    def ms(provider, mode, dtype, n):
-        r = _lookup(rows, provider, mode, dtype, n)
-        return _f(r, "median_ms") if r else math.nan
-
-    def verdict(ok):
-        return "-" if ok is None else ("met" if ok else "MISSED")
-
-    def add(target, a, b, limit, kind="ratio"):
-        if math.isnan(a) or math.isnan(b):
+    def add(target, prov, base, mode, dtype, n, limit):
+        a, b = _lookup(rows, prov, mode, dtype, n), _lookup(rows, base, mode, dtype, n)
+        if a is None or b is None:
             return
-        ratio = a / b
-        if kind == "ratio":
-            out.append((target, f"{ratio:.2f}x", verdict(ratio <= limit)))
-        else:  # percentage of copy bandwidth
-            out.append((target, f"{a:.0f}%", verdict(a >= limit)))
+        if base == "copy":  # ">= limit% of copy bandwidth" as a time ratio against the copy
+            ratio_limit = _f(a, "bytes") / (_f(b, "bytes") * limit / 100)
+            measured = f"{_f(a, 'pct_copy'):.0f}%"
+        else:
+            ratio_limit = limit
+            lo = _f(a, "p20_ms") / _f(b, "p80_ms")
+            hi = _f(a, "p80_ms") / _f(b, "p20_ms")
+            measured = f"{_f(a, 'median_ms') / _f(b, 'median_ms'):.2f}x ({lo:.2f}-{hi:.2f})"
+        out.append((target, measured, target_verdict(a, b, ratio_limit)))
 
     if device == "cpu":
-        n = 1 << 22
-        s = ms("sugar_cpu", "full", "float32", n)
+        n, tag = 1 << 22, "CPU f32 2^22 fwd+bwd"
+        add(f"{tag}: sugar_cpu <= torch_gelu", "sugar_cpu", "torch_gelu", "full", "float32", n, 1)
+        add(f"{tag}: sugar_cpu <= 0.5x paper", "sugar_cpu", "paper", "full", "float32", n, 0.5)
         add(
-            "CPU f32 2^22 fwd+bwd: sugar_cpu <= torch_gelu",
-            s,
-            ms("torch_gelu", "full", "float32", n),
-            1.0,
-        )
-        add(
-            "CPU f32 2^22 fwd+bwd: sugar_cpu <= 0.5x paper",
-            s,
-            ms("paper", "full", "float32", n),
-            0.5,
-        )
-        add(
-            "CPU f32 2^22 fwd+bwd (stretch): sugar_cpu <= 1.3x torch_relu",
-            s,
-            ms("torch_relu", "full", "float32", n),
+            f"{tag} (stretch): sugar_cpu <= 1.3x torch_relu",
+            "sugar_cpu",
+            "torch_relu",
+            "full",
+            "float32",
+            n,
             1.3,
         )
         return out
@@ -489,38 +507,23 @@ def check_targets(rows: list[dict]) -> list[tuple[str, str, str]]:
             for be in ("cuda", "triton"):
                 name = f"sugar_{be}"
                 for mode in ("forward", "backward"):
-                    r = _lookup(rows, name, mode, dt, n)
-                    if r:
-                        add(f"{tag} {mode}: {name} >= 90% of copy", _f(r, "pct_copy"), 1, 90, "pct")
-                add(
-                    f"{tag} fwd+bwd: {name} <= 1.1x torch_relu",
-                    ms(name, "full", dt, n),
-                    ms("torch_relu", "full", dt, n),
-                    1.1,
-                )
-                add(
-                    f"{tag} fwd+bwd: {name}_b8_inplace <= 1.0x torch_relu",
-                    ms(f"{name}_b8_inplace", "full", dt, n),
-                    ms("torch_relu", "full", dt, n),
-                    1.0,
-                )
-                add(
-                    f"{tag} fwd+bwd: {name} <= 1/3 x paper",
-                    ms(name, "full", dt, n),
-                    ms("paper", "full", dt, n),
-                    1 / 3,
-                )
-                add(
-                    f"{tag} fwd+bwd: {name} <= paper_compiled",
-                    ms(name, "full", dt, n),
-                    ms("paper_compiled", "full", dt, n),
-                    1.0,
-                )
+                    add(f"{tag} {mode}: {name} >= 90% of copy", name, "copy", mode, dt, n, 90)
+                full = [
+                    (f"{name} <= 1.1x torch_relu", name, "torch_relu", 1.1),
+                    (f"{name}_b8_inplace <= torch_relu", f"{name}_b8_inplace", "torch_relu", 1),
+                    (f"{name} <= 1/3 x paper", name, "paper", 1 / 3),
+                    (f"{name} <= paper_compiled", name, "paper_compiled", 1.0),
+                ]
+                for what, prov, base, limit in full:
+                    add(f"{tag} fwd+bwd: {what}", prov, base, "full", dt, n, limit)
             for mode in MODES:
                 add(
                     f"{tag} {mode}: sugar_triton within 10% of sugar_cuda",
-                    ms("sugar_triton", mode, dt, n),
-                    ms("sugar_cuda", mode, dt, n),
+                    "sugar_triton",
+                    "sugar_cuda",
+                    mode,
+                    dt,
+                    n,
                     1.1,
                 )
     return out
@@ -531,10 +534,15 @@ def print_targets(rows: list[dict]) -> None:
     if targets:
         print()
         print(text_table(["target (issue 5)", "measured", "verdict"], targets, "lrl"))
+        load = _f(rows[0], "load")
+        note = machine_load_note(load) if not math.isnan(load) else None
+        print(note or "verdicts: met/missed where the p20-p80 bands separate, else inconclusive")
 
 
 def plot(rows: list[dict], path: str | Path) -> Path | None:
-    """GB/s against size, one panel per (dtype, mode), one line per provider."""
+    """Effective GB/s against size, one panel per (dtype, mode), one series per provider: a marker
+    at each measured size (the median) with a bar from p80 to p20 (the spread over repetitions);
+    lines join the markers only for sweeps of 5+ sizes."""
     try:
         import matplotlib
 
@@ -548,50 +556,62 @@ def plot(rows: list[dict], path: str | Path) -> Path | None:
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     if not dtypes or not modes:
         return None
+    sizes = sorted({int(r["numel"]) for r in rows})
     fig, axes = plt.subplots(
         len(dtypes),
         len(modes),
         figsize=(5 * len(modes), 3.8 * len(dtypes)),
         squeeze=False,
         sharex=True,
+        layout="constrained",
     )
     for i, dt in enumerate(dtypes):
         for j, mode in enumerate(modes):
             ax = axes[i][j]
-            for prov in providers:
-                pts = sorted(
-                    (int(r["numel"]), _f(r, "gbps"))
+            for k, prov in enumerate(providers):
+                sel = sorted(
+                    (int(r["numel"]), r)
                     for r in rows
                     if r["provider"] == prov and r["mode"] == mode and r["dtype"] == dt
                 )
-                if not pts:
+                if not sel:
                     continue
-                style = dict(color="black", linestyle="--", linewidth=1) if prov == "copy" else {}
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    marker="o",
-                    markersize=3,
+                xs = [n * (1 + 0.04 * (k - len(providers) / 2)) for n, _ in sel]  # dodge
+                mid = [_f(r, "gbps") for _, r in sel]
+                lo = [gbps(_f(r, "bytes"), _f(r, "p80_ms")) for _, r in sel]
+                hi = [gbps(_f(r, "bytes"), _f(r, "p20_ms")) for _, r in sel]
+                copy = prov == "copy"
+                ax.errorbar(
+                    xs,
+                    mid,
+                    yerr=[[m - a for m, a in zip(mid, lo)], [b - m for m, b in zip(mid, hi)]],
+                    fmt="s" if copy else "o",
+                    markersize=4,
+                    capsize=2,
+                    linestyle=("--" if copy else "-") if len(sizes) >= 5 else "none",
+                    linewidth=1,
+                    color="black" if copy else None,
                     label=prov,
-                    **style,
                 )
             ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [size_label(s) for s in sizes])
             ax.set_yscale("log")
             ax.set_title(f"{mode}, {dt}")
             ax.grid(True, alpha=0.3)
             if j == 0:
-                ax.set_ylabel("effective GB/s")
+                ax.set_ylabel("effective GB/s (median; bar: p20-p80)")
             if i == len(dtypes) - 1:
-                ax.set_xlabel("elements")
+                ax.set_xlabel("elements per tensor")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8)
     first = rows[0]
+    reps = sorted(int(r["reps"]) for r in rows)
     fig.suptitle(
-        f"SUGAR micro-benchmarks on {first['device_name']} "
-        f"(torch {first['torch']}, commit {first['commit']})",
-        fontsize=10,
+        f"SUGAR (bsilu) micro-benchmarks: {first['device_name']}, torch {first['torch']}, "
+        f"commit {first['commit']}\n{first['time_utc']}, load average {first.get('load', '?')} "
+        f"at start, {reps[0]}-{reps[-1]} interleaved calls per point",
+        fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

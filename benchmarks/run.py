@@ -2,17 +2,21 @@
 
     python -m benchmarks.run                 # quick micro on CPU, full sweep on a GPU
     python -m benchmarks.run --full          # full micro sweep on CPU too (long, ~15+ min)
-    python -m benchmarks.run --skip-train
+    python -m benchmarks.run --skip-train --skip-stress
+    python -m benchmarks.run --readme-figures benchmarks/figures   # refresh the README's figures
 
 Steps, each in this process or as its own CLI, each result kept even if a later step fails:
 
-1. micro-benchmarks (``benchmarks.micro``; ``--quick`` on CPU, the full sweep on a GPU):
-   rows appended to ``results/micro.csv``, plot ``results/micro_<device>.png``;
-2. the saved-memory table (``python -m benchmarks.memory``), when that module exists;
-3. the quick training comparison (``python -m benchmarks.train --quick``), when it exists:
-   ``results/train.json``, plots and ``results.md`` in ``results/train/``.
+1. micro-benchmarks (``benchmarks.micro``; ``--quick`` on CPU, the full sweep on a GPU), in this
+   process: rows appended to ``results/micro.csv``, plot ``results/micro_<device>.png``, targets
+   with met / missed / inconclusive verdicts (``benchmarks.common.verdict``);
+2. then every entry of ``cli_steps()``, each ``python -m <module>`` in a child process whose
+   stdout (Markdown) becomes its report section: the saved-memory table, the quick training
+   comparison and its dying-ReLU stress variant (JSON, plots, ``results.md`` in
+   ``results/train/`` and ``results/stress/``). New benchmarks are added there.
 
-The exit status is non-zero when a step failed; the report says which and why.
+Progress goes to the terminal as each step runs. The exit status is non-zero when a step failed;
+the report says which and why.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,9 +37,61 @@ import torch
 import sugar_kernels as sk
 
 from . import micro
-from .common import RESULTS, ROOT, environment, markdown_table, size_label
+from .common import (
+    RESULTS,
+    ROOT,
+    environment,
+    machine_load_note,
+    markdown_table,
+    size_label,
+)
 
 REPORT_SIZES = {"cpu": None, "cuda": [1 << 20, 1 << 24, 1 << 26, 1 << 28]}  # None: all measured
+
+
+@dataclass
+class CliStep:
+    """One ``python -m <module> <args>`` step of ``make bench``; its stdout is its report section.
+
+    ``key`` names it in ``--skip-<key>``, ``--<key>-timeout``, the timings and the failures;
+    ``figures`` are globs (relative to the results folder) of PNGs to embed after the output;
+    ``readme_figures`` maps a produced file (relative to results) to its name in the README's
+    figure folder (``--readme-figures``)."""
+
+    key: str
+    title: str
+    module: str
+    args: list[str] = field(default_factory=list)
+    timeout_s: float = 600.0
+    figures: list[str] = field(default_factory=list)
+    readme_figures: dict[str, str] = field(default_factory=dict)
+
+
+def cli_steps(results: Path) -> list[CliStep]:
+    """The steps after the micro-benchmarks, in the order they run. Add a benchmark here."""
+
+    def train(key: str, title: str, extra: list[str]) -> CliStep:
+        folder = results / key
+        return CliStep(
+            key,
+            title,
+            "benchmarks.train",
+            ["--quick", *extra, "--json", str(results / f"{key}.json"), "--out", str(folder)],
+            timeout_s=900.0,
+            figures=[f"{key}/*.png"],
+            readme_figures={
+                f"{key}/accuracy.png": f"{key}_accuracy.png",
+                f"{key}/dead_units.png": f"{key}_dead_units.png",
+            },
+        )
+
+    return [
+        CliStep("memory", "Saved activation memory", "benchmarks.memory", timeout_s=600.0),
+        train("train", "Training comparison (quick)", []),
+        train("stress", "Training comparison, dying-ReLU stress (quick)", ["--stress"]),
+        # next: the compiled-mode and CPU-ratio benchmarks (benchmarks/compiled.py,
+        # benchmarks/cpu_ratios.py) as CliStep(...) entries
+    ]
 
 
 def _module_exists(name: str) -> bool:
@@ -74,6 +132,26 @@ def run_cli(args: list[str], timeout_s: float, log_path: Path) -> tuple[int, str
     return rc, out, time.perf_counter() - t0
 
 
+def _display_args(args: list[str], results: Path) -> list[str]:
+    """Arguments as a reader would type them: paths relative to the repository."""
+    out = []
+    for a in args:
+        try:
+            out.append(Path(a).resolve().relative_to(ROOT).as_posix())
+        except ValueError:
+            out.append(a)
+    return out
+
+
+def copy_figures(results: Path, dest: Path, names: dict[str, str]) -> None:
+    """Copy ``results/<src>`` to ``dest/<name>`` for each (src, name) that exists."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for src, name in names.items():
+        if (results / src).exists():
+            shutil.copyfile(results / src, dest / name)
+            print(f"README figure: {dest / name}")
+
+
 def micro_section(rows: list[dict], notes: list[str], plot_path: Path | None, device: str) -> str:
     parts = ["## Micro-benchmarks", ""]
     if not rows:
@@ -101,7 +179,11 @@ def micro_section(rows: list[dict], notes: list[str], plot_path: Path | None, de
     targets = micro.check_targets(rows)
     if targets:
         parts += [
-            "Targets of issue 5 measurable here:",
+            "Targets of issue 5 measurable here. *measured*: ratio of medians (in brackets: "
+            "p20/p80 to p80/p20). *verdict* (`benchmarks.common.verdict`): **met** / **missed** "
+            "only when the p20-p80 bands of the two providers (the baseline's scaled by the "
+            "target) do not overlap and the machine was quiet when the run started; otherwise "
+            "**inconclusive**: rerun on a quiet machine rather than read a verdict into it.",
             "",
             markdown_table(["target", "measured", "verdict"], targets, "lrl"),
             "",
@@ -160,11 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="full micro sweep even on CPU")
     ap.add_argument("--threads", type=int, default=None, help="passed to benchmarks.micro")
     ap.add_argument("--skip-micro", action="store_true")
-    ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--skip-train", action="store_true")
+    for step in cli_steps(RESULTS):
+        ap.add_argument(f"--skip-{step.key}", action="store_true")
+        ap.add_argument(
+            f"--{step.key}-timeout", type=float, default=None, help=f"({step.timeout_s:.0f} s)"
+        )
     ap.add_argument("--results", default=str(RESULTS), help="output folder (default results/)")
-    ap.add_argument("--train-timeout", type=float, default=900.0, help="seconds")
-    ap.add_argument("--memory-timeout", type=float, default=600.0, help="seconds")
+    ap.add_argument(
+        "--readme-figures",
+        default=None,
+        metavar="DIR",
+        help="also copy the figures the README embeds into DIR (benchmarks/figures)",
+    )
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -202,71 +291,32 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(
             micro_section(rows, notes, plot_path if plot_path.exists() else None, device)
         )
+        if args.readme_figures and rows:
+            copy_figures(results, Path(args.readme_figures), {plot_path.name: plot_path.name})
 
-    # 2. memory table
-    if not args.skip_memory:
-        print("\n=== memory", flush=True)
-        if _module_exists("benchmarks.memory"):
-            rc, out, secs = run_cli(
-                ["-m", "benchmarks.memory"], args.memory_timeout, results / "memory.md"
-            )
-            timings["memory"] = secs
-            if rc != 0:
-                failures.append("memory")
-            sections.append(
-                cli_section("Saved activation memory", "python -m benchmarks.memory", rc, out, secs)
-            )
-        else:
-            print("benchmarks/memory.py does not exist yet: skipped")
-            sections.append(
-                cli_section(
-                    "Saved activation memory",
-                    "",
-                    None,
-                    "",
-                    0,
-                    missing="`benchmarks/memory.py` does not exist yet.",
-                )
-            )
-
-    # 3. training comparison
-    if not args.skip_train:
-        print("\n=== training comparison (quick)", flush=True)
-        if _module_exists("benchmarks.train"):
-            out_dir = results / "train"
-            cmd = [
-                "-m",
-                "benchmarks.train",
-                "--quick",
-                "--json",
-                str(results / "train.json"),
-                "--out",
-                str(out_dir),
-            ]
-            rc, out, secs = run_cli(cmd, args.train_timeout, results / "train.log")
-            timings["train"] = secs
-            if rc != 0:
-                failures.append("train")
-            pngs = sorted(out_dir.glob("*.png")) if out_dir.exists() else []
-            extra = "\n\n".join(f"![{p.stem}](train/{p.name})" for p in pngs)
-            display = (
-                "python -m benchmarks.train --quick --json results/train.json --out results/train"
-            )
-            sections.append(
-                cli_section("Training comparison (quick)", display, rc, out, secs, extra=extra)
-            )
-        else:
-            print("benchmarks/train.py does not exist yet: skipped")
-            sections.append(
-                cli_section(
-                    "Training comparison (quick)",
-                    "",
-                    None,
-                    "",
-                    0,
-                    missing="`benchmarks/train.py` does not exist yet.",
-                )
-            )
+    # 2. every other step, each as its own process
+    for step in cli_steps(results):
+        if getattr(args, f"skip_{step.key}"):
+            continue
+        print(f"\n=== {step.title}", flush=True)
+        if not _module_exists(step.module):
+            print(f"{step.module} does not exist: skipped")
+            missing = f"`{step.module}` does not exist."
+            sections.append(cli_section(step.title, "", None, "", 0, missing=missing))
+            continue
+        timeout = getattr(args, f"{step.key}_timeout") or step.timeout_s
+        rc, out, secs = run_cli(
+            ["-m", step.module, *step.args], timeout, results / f"{step.key}.md"
+        )
+        timings[step.key] = secs
+        if rc != 0:
+            failures.append(step.key)
+        pngs = sorted(p for pattern in step.figures for p in results.glob(pattern))
+        extra = "\n\n".join(f"![{p.stem}]({p.relative_to(results).as_posix()})" for p in pngs)
+        display = " ".join(["python -m", step.module, *_display_args(step.args, results)])
+        sections.append(cli_section(step.title, display, rc, out, secs, extra=extra))
+        if args.readme_figures and rc == 0:
+            copy_figures(results, Path(args.readme_figures), step.readme_figures)
 
     elapsed = time.perf_counter() - t_start
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
@@ -296,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "",
     ]
+    load_note = machine_load_note(float(env["load"])) if env["load"] else None
+    if load_note:
+        head += [f"**{load_note[0].upper()}{load_note[1:]}.**", ""]
     if failures:
         head += [f"**Failed steps: {', '.join(failures)}** (see their sections).", ""]
     report = results / "REPORT.md"

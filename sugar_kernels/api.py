@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import triton_kernels
-
-from . import _ops, inductor
+from . import _ops, inductor, triton_kernels
 from ._ops import InplaceCodes
 from .codes import check_bits, kernel_tables
 from .reference import ReferenceCodes, ReferenceSugarReLU, reference_backward_codes

@@ -273,8 +273,10 @@ def encode_reference(
     x: torch.Tensor, thresholds: torch.Tensor, interval_codes: torch.Tensor, bits: int
 ) -> torch.Tensor:
     """Packed codes of x (any layout), exactly as the kernels compute them."""
-    flat = x.detach().reshape(-1).to(thresholds.dtype)
-    interval = torch.bucketize(flat, thresholds, right=False)  # #{t : t < x}
+    # contiguous: reshape(-1) of a strided 1-d view (x[::2]) is still strided, and bucketize
+    # warns about (and copies) a non-contiguous input
+    flat = x.detach().reshape(-1).to(thresholds.dtype).contiguous()
+    interval = torch.bucketize(flat, thresholds.contiguous(), right=False)  # #{t : t < x}
     interval = torch.where(torch.isnan(flat), 0, interval)
     return pack(interval_codes.to(flat.device)[interval], bits)
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import sugar_kernels as sk
-import triton_kernels
 from sugar_kernels import codes as C
+from sugar_kernels import triton_kernels
 from sugar_kernels.surrogates import resolve
 from tests.helpers import (
     INT_VIEW,
@@ -39,7 +39,7 @@ _ok, _why = triton_kernels.triton_status("cuda")
 if not _ok:
     pytest.skip(f"Triton cannot run CUDA tensors here: {_why}", allow_module_level=True)
 
-from triton_kernels import sugar_relu  # noqa: E402
+from sugar_kernels.triton_kernels import sugar_relu  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 

@@ -23,8 +23,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     )
 
 import sugar_kernels as sk  # noqa: E402
-import triton_kernels  # noqa: E402
 from sugar_kernels import codes as C  # noqa: E402
+from sugar_kernels import triton_kernels  # noqa: E402
 from sugar_kernels._ops import InplaceCodes  # noqa: E402
 from tests.helpers import assert_bitwise_equal, sample_inputs, special_values  # noqa: E402
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:(overflow|invalid value) encountered in multiply:RuntimeWarning"
 )
 
-from triton_kernels import codes as triton_codes  # noqa: E402
+from sugar_kernels.triton_kernels import codes as triton_codes  # noqa: E402
 
 FORWARD, FORWARD_, BACKWARD = triton_kernels.code_ops()
 CPP = sk.build_info()["cpu_compiled"]

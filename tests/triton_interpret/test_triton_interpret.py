@@ -20,7 +20,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
         allow_module_level=True,
     )
 
-import triton_kernels  # noqa: E402
+from sugar_kernels import triton_kernels  # noqa: E402
 from sugar_kernels.surrogates import resolve  # noqa: E402
 from tests.helpers import (  # noqa: E402
     SURROGATE_ALPHAS,
@@ -36,7 +36,7 @@ from tests.helpers import (  # noqa: E402
 if triton_kernels.IMPORT_ERROR is not None:
     pytest.skip(triton_kernels.IMPORT_ERROR, allow_module_level=True)
 
-from triton_kernels import sugar_relu  # noqa: E402
+from sugar_kernels.triton_kernels import sugar_relu  # noqa: E402
 
 # exp overflows (harmlessly) on the x > 0 side of elu/selu, which a select then discards; numpy
 # warns about it where the compiled kernels are silent.

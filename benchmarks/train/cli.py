@@ -1,0 +1,248 @@
+"""Command line: arguments, the whole run (every activation x seed), JSON / Markdown / plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import sugar_kernels as sk
+
+from ..common import device_name, git_commit
+from .data import DATASETS, load_data
+from .loop import PROGRESS, train_one
+from .models import MODELS, available_activations, bits8_available, parse_activation
+from .plots import write_plots
+from .report import aggregate, pct, report
+
+SCHEMA_VERSION = 1
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.train",
+        description="Train the same model with ReLU, GELU and SUGAR variants and compare test "
+        "accuracy, dead units, sparsity, saved activation memory and step time.",
+    )
+    p.add_argument(
+        "--data",
+        choices=DATASETS,
+        default="digits",
+        help="digits: scikit-learn's bundled 8x8 digits (default, no download); "
+        "cifar10/cifar100: torchvision on-disk format under --data-dir",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder containing cifar-10-batches-py/ or cifar-100-python/",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download CIFAR with torchvision into --data-dir if missing (never otherwise)",
+    )
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="cnn",
+        help="cnn (small, no BN), resnet18 (CIFAR stem), vgg16 (no BN), vgg16_bn",
+    )
+    p.add_argument(
+        "--activations",
+        nargs="+",
+        default=None,
+        help="activations to compare (space- or comma-separated): relu gelu "
+        "sugar-bsilu sugar-nelu [sugar-bsilu-b8 sugar-nelu-b8, when bits=8 is "
+        "available]; any sugar-<surrogate>[-b<bits>] works. Default: all "
+        "available",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="channels of the first cnn layer (default 32, quick: 16)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's default; quick: 1, which is faster "
+        "for this tiny model on a busy machine)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="default 20 (quick: 12)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="number of seeds, run as first-seed, first-seed+1, ... (default 3, quick: 2)",
+    )
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None, help="default 0.05 for sgd, 1e-3 for adam")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=None, help="default 64")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="random crop + flip (off by default and with --paper)",
+    )
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's setup: SGD, lr 0.001, batch 128, no augmentation "
+        "(momentum stays --momentum)",
+    )
+    p.add_argument(
+        "--stress",
+        action="store_true",
+        help="dying-ReLU stress: hidden biases (and BN shifts) initialised to "
+        "-STRESS_BIAS, so many units start dead",
+    )
+    p.add_argument(
+        "--stress-bias",
+        type=float,
+        default=0.5,
+        help="bias used by --stress (default 0.5: ~90%% of the small cnn's units start dead)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="fast comparison: digits, cnn, 12 epochs, 2 seeds (~1-2 min on 2 CPUs)",
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
+    p.add_argument("--out", default=None, help="folder for results.md and PNG plots")
+    p.add_argument(
+        "--progress",
+        choices=PROGRESS,
+        default="auto",
+        help="auto (default): tqdm bars on a terminal, one plain line per epoch when stderr "
+        "goes to a file or pipe; bar; lines; off",
+    )
+    p.add_argument("--no-progress", action="store_true", help="same as --progress off")
+    args = p.parse_args(argv)
+
+    if args.quick:
+        args.data = "digits"
+        args.model = "cnn"
+        args.epochs = args.epochs or 12
+        args.seeds = args.seeds or 2
+        args.width = args.width or 16
+        args.threads = args.threads or 1
+    if args.paper:
+        if args.optimizer != "sgd" or args.augment:
+            p.error("--paper means SGD without augmentation")
+        args.lr = args.lr or 0.001
+        args.batch_size = args.batch_size or 128
+    args.epochs = 20 if args.epochs is None else args.epochs
+    args.seeds = 3 if args.seeds is None else args.seeds
+    args.batch_size = args.batch_size or 64
+    args.width = args.width or 32
+    if args.lr is None:
+        args.lr = 0.05 if args.optimizer == "sgd" else 1e-3
+    if args.epochs < 1 or args.seeds < 1 or args.batch_size < 1:
+        p.error("--epochs, --seeds and --batch-size must be >= 1")
+    if args.data != "digits" and args.data_dir is None:
+        p.error(f"--data {args.data} needs --data-dir")
+
+    available = available_activations()
+    if args.activations is None:
+        args.activations = available
+    else:
+        names = [a for item in args.activations for a in item.split(",") if a]
+        for a in names:
+            try:
+                spec = parse_activation(a)
+            except ValueError as e:
+                p.error(str(e))
+            if spec["bits"] is not None and not bits8_available():
+                p.error(f"{a}: bits={spec['bits']} is not available in this build")
+        args.activations = names
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_data(args.data, args.data_dir, args.download)
+    device = torch.device(args.device)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    runs = []
+    for act in args.activations:
+        per_seed = [
+            train_one(
+                args, data, act, s, device, progress="off" if args.no_progress else args.progress
+            )
+            for s in seeds
+        ]
+        runs.append(aggregate(act, per_seed))
+        r = runs[-1]
+        print(
+            f"{act:>16}: test acc {100 * r['test_accuracy']:.2f} ± "
+            f"{100 * r['test_accuracy_std']:.2f}%  dead {pct(r['dead_fraction'])}  "
+            f"step {r['step_time_ms']:.2f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+    config = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("json_path", "out", "no_progress", "progress")
+    }
+    config["seeds"] = seeds
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "environment": {
+            "machine": device_name(device),
+            "commit": git_commit(),
+            "device": str(device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "sugar_kernels": sk.__version__,
+            "backends": sk.available_backends(device),
+            "bits8_available": bits8_available(),
+            "dataset": {
+                "name": data.name,
+                "train": len(data.train),
+                "test": len(data.test),
+                "classes": data.num_classes,
+                "shape": list(data.train.x.shape[1:]),
+            },
+        },
+        "runs": runs,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    text = report(result)
+    print(text)
+    if args.json_path:
+        path = Path(args.json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        plots = write_plots(result, out)
+        md = (
+            "# Training comparison\n\n"
+            + text
+            + "\n\n"
+            + "\n".join(f"![{p}]({p})" for p in plots)
+            + "\n"
+        )
+        (out / "results.md").write_text(md)
+    return 0
