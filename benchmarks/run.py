@@ -89,8 +89,20 @@ def cli_steps(results: Path) -> list[CliStep]:
         CliStep("memory", "Saved activation memory", "benchmarks.memory", timeout_s=600.0),
         train("train", "Training comparison (quick)", []),
         train("stress", "Training comparison, dying-ReLU stress (quick)", ["--stress"]),
-        # next: the compiled-mode and CPU-ratio benchmarks (benchmarks/compiled.py,
-        # benchmarks/cpu_ratios.py) as CliStep(...) entries
+        CliStep(
+            "compiled",
+            "SUGAR under torch.compile",
+            "benchmarks.compiled",
+            ["--quick", "--results", str(results)],
+            timeout_s=1800.0,
+        ),
+        CliStep(
+            "cpu_ratios",
+            "CPU kernels against torch's kernels for the same math",
+            "benchmarks.cpu_ratios",
+            ["--quick", "--results", str(results)],
+            timeout_s=600.0,
+        ),
     ]
 
 

@@ -21,7 +21,7 @@ _COMPILED = {dev: _ops.has_kernel("relu_backward", key) for dev, key in _COMPILE
 _TRITON_STATUS = {dev: triton_kernels.triton_status(dev) for dev in ("cpu", "cuda")}
 if hasattr(torch.ops.sugar, "triton_relu_backward"):  # registered when triton is importable
     _ops.register_autograd_for("triton_")
-inductor.install()  # Inductor decomposes the sugar ops (compile mode "fused") unless opted out
+inductor.install()  # Inductor decomposes sugar ops per the compile mode (default "auto")
 
 
 def _device_type(device) -> str:
@@ -104,7 +104,7 @@ def sugar_relu(
     backend = _resolve_backend(backend, x)
     # Read while Dynamo traces, so compiled code guards on the compile mode: switching it
     # (set_compile_mode) recompiles instead of reusing code made for the other mode.
-    fused = inductor.traced_for_fusion()
+    fused = inductor.traced_for_fusion(bits is not None, x.device.type)
     if bits is None:
         if backend == "reference":
             return ReferenceSugarReLU.apply(x, surrogate, alpha, region)

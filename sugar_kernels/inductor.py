@@ -18,12 +18,21 @@ is saved for backward: code modes save the packed uint8 codes (the forward's sma
 exact mode at most what eager saves. ``torch.export``, ``aot_eager`` and FX graphs never use
 Inductor's table, so they keep one ``sugar::`` node per op.
 
-Opt out (run the opaque C++/CUDA/Triton kernels inside compiled graphs, e.g. to debug or where a
-measurement shows the kernel wins): ``sugar_kernels.set_compile_mode("opaque")``, the context
-manager ``sugar_kernels.compile_mode("opaque")``, or ``SUGAR_COMPILE_MODE=opaque`` in the
-environment. The mode is part of the compile caches' key (``torch.compiler.config.cache_key_tag``
-gets a ``sugar-compile=opaque`` entry while it is on), and ``sugar_relu`` reads it while Dynamo
-traces, so Dynamo guards on it: switching the mode recompiles instead of reusing stale code.
+Compile modes (``sugar_kernels.set_compile_mode``, the context manager ``compile_mode``, or
+``SUGAR_COMPILE_MODE`` in the environment):
+
+* ``"auto"`` (default): exact-mode ops are fused on every device; code-mode ops are fused on GPUs
+  and call the C++ kernel on the CPU, where ``benchmarks/compiled.py`` measured the kernel faster
+  (Inductor's C++ code gathers the threshold table element by element: bits=8 train steps took
+  1.3-3.9x compiled ReLU's, the kernel 1.0-1.2x);
+* ``"fused"``: every op fused on every device;
+* ``"opaque"``: every op calls its kernel (C++/CUDA/Triton), as in eager mode (debugging, or
+  wherever a measurement shows the kernels win).
+
+A mode other than the default is part of the compile caches' key
+(``torch.compiler.config.cache_key_tag`` gets a ``sugar-compile=<mode>`` entry), and
+``sugar_relu`` reads the mode while Dynamo traces, so Dynamo guards on it: switching the mode
+recompiles instead of reusing code made for another mode.
 """
 
 from __future__ import annotations
@@ -35,9 +44,21 @@ import torch
 
 from .surrogates import grad_factor
 
-MODES = ("fused", "opaque")
-_TAG = "sugar-compile=opaque"
-_state = {"mode": "fused"}
+MODES = ("auto", "fused", "opaque")
+_DEFAULT = "auto"
+_TAG_PREFIX = "sugar-compile="
+_state = {"mode": _DEFAULT}
+# The ops whose decomposition may decline (code modes on the CPU in "auto"): Inductor then needs a
+# registered fallback (a call to the kernel) beside the decomposition.
+_MAY_DECLINE = ("relu_forward_codes", "relu_forward_codes_", "relu_backward_codes")
+
+
+def decomposes(codes: bool, device_type: str) -> bool:
+    """Whether Inductor generates the code of a sugar op (exact or code mode) on a device."""
+    mode = _state["mode"]
+    if mode == "opaque":
+        return False
+    return mode == "fused" or not codes or device_type != "cpu"
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
@@ -69,7 +90,7 @@ def _interval(flat: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     step = 1 << (m.bit_length() - 1)  # the largest power of two <= m
     while step:
         cand = below + step  # a candidate count; t[cand - 1] < x means at least cand are below x
-        probe = thresholds[torch.clamp(cand, max=m) - 1]
+        probe = thresholds[torch.clamp(cand - 1, 0, m - 1)]
         below = torch.where((cand <= m) & (probe < flat), cand, below)
         step >>= 1
     return below
@@ -87,16 +108,22 @@ def _encode(x, thresholds, interval_codes, bits):
 
 
 def relu_forward_codes(x, levels, thresholds, interval_codes, search, bits):
+    if not decomposes(True, x.device.type):
+        return NotImplemented
     return relu_forward(x, "", 0.0, ""), _encode(x, thresholds, interval_codes, bits)
 
 
 def relu_forward_codes_(x, levels, thresholds, interval_codes, search, bits):
+    if not decomposes(True, x.device.type):
+        return NotImplemented
     codes = _encode(x, thresholds, interval_codes, bits)
     x.copy_(relu_forward(x, "", 0.0, ""))
     return codes
 
 
 def relu_backward_codes(grad_y, codes, levels, bits):
+    if not decomposes(True, grad_y.device.type):
+        return NotImplemented
     n = grad_y.numel()
     shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=codes.device)
     unpacked = (codes.to(torch.int32).view(-1, 1) >> shifts) & ((1 << bits) - 1)
@@ -115,12 +142,21 @@ _DECOMPOSITIONS = {
 
 
 def _ops_and_decompositions():
-    """(OpOverload, decomposition) for the C++ ops and, when registered, the Triton ones."""
+    """(OpOverload, decomposition, may decline) for the C++ ops and, when registered, the Triton
+    ones."""
     for name, fn in _DECOMPOSITIONS.items():
         for prefix in ("", "triton_"):
             packet = getattr(torch.ops.sugar, prefix + name, None)
             if packet is not None:
-                yield packet.default, fn
+                yield packet.default, fn, name in _MAY_DECLINE
+
+
+def _register_fallback(op) -> None:
+    """A lowering that calls the op's kernel, for when its decomposition declines."""
+    from torch._inductor import lowering
+
+    if op not in lowering.lowerings:
+        lowering.make_fallback(op, warn=False, override_decomp=True)
 
 
 # ---- the mode switch --------------------------------------------------------------------------
@@ -128,19 +164,21 @@ def _apply(mode: str) -> None:
     from torch._inductor import decomposition as inductor_decomp
 
     table = inductor_decomp.decompositions
-    for op, fn in _ops_and_decompositions():
-        if mode == "fused":
-            table[op] = fn
-        else:
+    for op, fn, may_decline in _ops_and_decompositions():
+        if mode == "opaque":
             table.pop(op, None)
+            continue
+        if may_decline:
+            _register_fallback(op)
+        table[op] = fn
     # Inductor memoises the table it selects; drop the memo so the change is seen.
     fast = getattr(inductor_decomp, "fast_random_decomps", None)
     if fast is not None and hasattr(fast, "cache_clear"):
         fast.cache_clear()
     cfg = torch.compiler.config
-    tags = [t for t in cfg.cache_key_tag.split(";") if t and t != _TAG]
-    if mode == "opaque":
-        tags.append(_TAG)
+    tags = [t for t in cfg.cache_key_tag.split(";") if t and not t.startswith(_TAG_PREFIX)]
+    if mode != _DEFAULT:
+        tags.append(_TAG_PREFIX + mode)
     cfg.cache_key_tag = ";".join(tags)
     _state["mode"] = mode
 
@@ -148,9 +186,10 @@ def _apply(mode: str) -> None:
 def set_compile_mode(mode: str) -> None:
     """How sugar ops run inside ``torch.compile``d graphs (Inductor), for compilations from now on.
 
-    ``"fused"`` (default): Inductor generates and fuses their code. ``"opaque"``: compiled graphs
-    call the op's kernel (C++/CUDA/Triton), as in eager mode. Functions compiled earlier are
-    recompiled on their next call (Dynamo guards on the mode).
+    ``"auto"`` (default): Inductor generates and fuses exact-mode ops everywhere and code-mode ops
+    on GPUs (code modes on the CPU call the C++ kernel, measured faster there). ``"fused"``: every
+    op fused. ``"opaque"``: every op calls its kernel, as in eager mode. Functions compiled earlier
+    are recompiled on their next call (Dynamo guards on the mode).
     """
     if mode not in MODES:
         raise ValueError(f"unknown compile mode {mode!r}; valid modes: {', '.join(MODES)}")
@@ -161,14 +200,14 @@ def get_compile_mode() -> str:
     return _state["mode"]
 
 
-def traced_for_fusion() -> bool:
+def traced_for_fusion(codes: bool, device_type: str) -> bool:
     """True while torch.compile (not torch.export) traces a call that Inductor will fuse.
 
     Evaluated by Dynamo during tracing, which makes the compiled code guard on the mode.
     """
     if not torch.compiler.is_compiling() or _is_exporting():
         return False
-    return _state["mode"] == "fused"
+    return decomposes(codes, device_type)
 
 
 def _is_exporting() -> bool:
@@ -189,8 +228,8 @@ def compile_mode(mode: str):
 
 def install() -> None:
     """Called once when the ops are registered: the mode from ``SUGAR_COMPILE_MODE`` (default
-    fused)."""
-    mode = os.environ.get("SUGAR_COMPILE_MODE", "fused") or "fused"
+    auto)."""
+    mode = os.environ.get("SUGAR_COMPILE_MODE", _DEFAULT) or _DEFAULT
     if mode not in MODES:
         raise ValueError(
             f"SUGAR_COMPILE_MODE={mode!r} is not a compile mode; valid modes: {', '.join(MODES)}"
