@@ -44,6 +44,8 @@ import sugar_kernels as sk
 from sugar_kernels import codes
 from sugar_kernels.surrogates import resolve
 
+from .common import verdict
+
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 # surrogate -> (torch's kernel name, its backward for the same derivative)
@@ -85,15 +87,8 @@ class Row:
         return min(times), statistics.median(times), q[0], q[3]
 
     def verdict(self) -> str:
-        _, _, o20, o80 = self.stats(self.ours)
-        _, _, t20, t80 = self.stats(self.theirs)
-        if self.load > (os.cpu_count() or 1):
-            return "inconclusive"
-        if o80 / t20 <= self.limit:
-            return "met"
-        if o20 / t80 > self.limit:
-            return "missed"
-        return "inconclusive"
+        """``benchmarks.common.verdict``: the p20-p80 bands, the load when the run started."""
+        return verdict(self.ours, self.theirs, self.limit)
 
     def record(self) -> dict:
         o_min, o_med, o20, o80 = self.stats(self.ours)
@@ -284,9 +279,10 @@ def markdown(records: list[dict], head: str) -> str:
     counts = {v: sum(r["verdict"] == v for r in records) for v in ("met", "missed", "inconclusive")}
     lines += ["", ", ".join(f"{k}: {v}" for k, v in counts.items()) + f" (of {len(records)} rows)"]
     lines.append(
-        "Ratio ranges are ours p20 / torch p80 .. ours p80 / torch p20; 'met' needs the whole "
-        "range within the target, 'missed' the whole range above it; a load average above the "
-        "core count makes a row inconclusive."
+        "Ratio ranges are ours p20 / torch p80 .. ours p80 / torch p20; verdicts by "
+        "benchmarks.common.verdict: 'met' needs the whole range below the target, 'missed' the "
+        "whole range above it, and a machine loaded when the run started makes every row "
+        "inconclusive."
     )
     return "\n".join(lines) + "\n"
 
