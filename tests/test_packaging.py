@@ -36,15 +36,17 @@ print(json.dumps({"modules": modules, "extensions": exts}))
 
 def packaged() -> dict:
     env = dict(os.environ, SUGAR_NO_CUDA="1")
-    out = subprocess.run(
+    env.pop("SUGAR_REQUIRE_CUDA", None)  # CI sets it; it contradicts SUGAR_NO_CUDA in setup.py
+    proc = subprocess.run(
         [sys.executable, "-c", LIST_FILES],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
-    ).stdout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
     import json
 
     return json.loads(out.strip().splitlines()[-1])
