@@ -160,7 +160,7 @@ def opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-_TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}
+_TABLES: dict[tuple, tuple[torch.Tensor, ...] | torch.Tensor] = {}
 
 
 def kernel_tables(
@@ -242,8 +242,8 @@ def search_table(
     key = ("search", surrogate, alpha, region, bits, device, dtype)
     if key not in _TABLES:
         with _real_tensors():
-            _TABLES[key] = (_build_search(surrogate, alpha, region, bits, device, dtype),)
-    return _TABLES[key][0]
+            _TABLES[key] = _build_search(surrogate, alpha, region, bits, device, dtype)
+    return _TABLES[key]
 
 
 def _build_search(surrogate, alpha, region, bits, device, dtype):
