@@ -1,8 +1,10 @@
-"""torch.library registration of the compiled ops: schemas, fake kernels and autograd.
+"""torch.library registration of the compiled ops: schemas, fake kernels and autograd formulas.
 
-The schemas are defined here, once; ``csrc/`` only provides the CPU and CUDA implementations
-(``TORCH_LIBRARY_IMPL``). If the extension is missing, the ops still exist (with fake kernels)
-but have no CPU/CUDA kernel, and ``build_info()`` says why.
+The schemas are defined here, once; ``csrc/`` provides the CPU and CUDA implementations and the
+ops' autograd (``csrc/autograd.cpp``: in C++, because a Python autograd kernel costs more per
+call than a small ReLU). The Triton ops get the same formulas from ``register_autograd_for``
+below. If the extension is missing, the ops still exist (with fake kernels) but have no
+CPU/CUDA kernel, and ``build_info()`` says why.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ SCHEMAS = {
         " int bits) -> Tensor"
     ),
     "relu_backward_codes": "(Tensor grad_y, Tensor codes, Tensor levels, int bits) -> Tensor",
+    # g'(x) for double backward (csrc/autograd.cpp calls it): Python, below.
+    "grad_factor_derivative": "(Tensor x, str surrogate, float alpha, str region) -> Tensor",
 }
 
 _lib = torch.library.Library(LIBRARY, "DEF")
@@ -119,6 +123,10 @@ def _grad_factor_derivative(x, surrogate, alpha, region):
     return torch.where(flat, torch.zeros_like(d2s), d2s)
 
 
+# Composite: autograd, tracing and every device go through the stock ops it is made of.
+_lib.impl("grad_factor_derivative", _grad_factor_derivative, "CompositeImplicitAutograd")
+
+
 def double_backward(backward_op, grad_y, x, grad_grad_x, surrogate, alpha, region, needs):
     """Gradients of ``backward_op(grad_y, x, ...) = grad_y * g(x)`` w.r.t. (grad_y, x)."""
     grad_grad_y = grad_x = None
@@ -137,9 +145,9 @@ def _backward_setup_context(ctx, inputs, output):
 
 def register_autograd_for(prefix: str) -> None:
     """Registers autograd, once, for one family of ops: ``sugar::{prefix}relu_forward``,
-    ``relu_backward``, ``relu_forward_codes`` and ``relu_backward_codes`` (prefix "" for the
-    C++/CUDA ops, "triton_" for the Triton ones). The formulas are the same for every backend;
-    only the backward op they call differs."""
+    ``relu_backward``, ``relu_forward_codes`` and ``relu_backward_codes`` ("triton_" for the
+    Triton ones; the C++/CUDA ops have the same formulas in csrc/autograd.cpp). Only the
+    backward op the formulas call differs between backends."""
     ops = torch.ops.sugar
     backward_op = getattr(ops, f"{prefix}relu_backward")
     backward_codes_op = getattr(ops, f"{prefix}relu_backward_codes")
@@ -186,8 +194,6 @@ def register_autograd_for(prefix: str) -> None:
     ):
         torch.library.register_autograd(f"{LIBRARY}::{prefix}{name}", backward, setup_context=setup)
 
-
-register_autograd_for("")
 
 
 class InplaceCodes(torch.autograd.Function):
