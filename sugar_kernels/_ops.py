@@ -195,7 +195,6 @@ def register_autograd_for(prefix: str) -> None:
         torch.library.register_autograd(f"{LIBRARY}::{prefix}{name}", backward, setup_context=setup)
 
 
-
 class InplaceCodes(torch.autograd.Function):
     """In-place code mode: relu(x) written over x (mark_dirty), packed codes saved for backward.
 
