@@ -92,7 +92,7 @@ config_path = CSRC / "_build_config.h"
 if not config_path.exists() or config_path.read_text() != config:  # keep ninja's rebuild minimal
     config_path.write_text(config)
 
-sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu_kernels.cpp"]
+sources = ["csrc/module.cpp", "csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu_kernels.cpp"]
 if with_cuda:
     ext = CUDAExtension(
         "sugar_kernels._C",

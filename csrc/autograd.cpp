@@ -4,12 +4,14 @@
 // picks) and records a backward that calls the sugar ops again through the dispatcher, so
 // torch.compile, torch.export and opcheck trace them like any op. The formulas are those of
 // sugar_kernels/_ops.py, which registers the same autograd in Python for the Triton ops.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
+
+#include "op_handles.h"
 
 namespace sugar {
 namespace {
@@ -17,42 +19,14 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// A typed handle to sugar::<name>, looked up once (the schemas are defined in Python first).
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-using ForwardSig = at::Tensor(const at::Tensor&, c10::string_view, double, c10::string_view);
-using BackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, double,
-                               c10::string_view);
-using ForwardCodesSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                           const at::Tensor&, const at::Tensor&,
-                                                           const at::Tensor&, int64_t);
-using BackwardCodesSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                    int64_t);
-
-const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
-  static const auto handle = op_handle<ForwardSig>("sugar::relu_forward");
-  return handle;
-}
-const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
-  static const auto handle = op_handle<BackwardSig>("sugar::relu_backward");
-  return handle;
-}
-// g'(x): defined in Python (CompositeImplicitAutograd: differentiable, traced through).
-const c10::TypedOperatorHandle<ForwardSig>& grad_factor_derivative_op() {
-  static const auto handle = op_handle<ForwardSig>("sugar::grad_factor_derivative");
-  return handle;
-}
-const c10::TypedOperatorHandle<ForwardCodesSig>& forward_codes_op() {
-  static const auto handle = op_handle<ForwardCodesSig>("sugar::relu_forward_codes");
-  return handle;
-}
-const c10::TypedOperatorHandle<BackwardCodesSig>& backward_codes_op() {
-  static const auto handle = op_handle<BackwardCodesSig>("sugar::relu_backward_codes");
-  return handle;
-}
+// In a plain backward (grad mode off) the backward ops' own autograd layer would only forward the
+// call below itself: skip it. With create_graph it runs and records the double backward.
+struct BelowAutogradUnlessRecording {
+  std::optional<at::AutoDispatchBelowADInplaceOrView> guard;
+  BelowAutogradUnlessRecording() {
+    if (!at::GradMode::is_enabled()) guard.emplace();
+  }
+};
 
 // The non-tensor arguments of the exact ops, kept on the context.
 void save_params(AutogradContext* ctx, c10::string_view surrogate, double alpha,
@@ -79,7 +53,7 @@ struct ReluForward : torch::autograd::Function<ReluForward> {
     at::Tensor y;
     {
       const at::AutoDispatchBelowADInplaceOrView guard;
-      y = forward_op().call(x, surrogate, alpha, region);
+      y = handles::relu_forward().call(x, surrogate, alpha, region);
     }
     save_params(ctx, surrogate, alpha, region);
     ctx->save_for_backward({x});
@@ -89,7 +63,8 @@ struct ReluForward : torch::autograd::Function<ReluForward> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Params p = params_of(ctx);
     const at::Tensor x = ctx->get_saved_variables()[0];
-    return {backward_op().call(grads[0], x, p.surrogate, p.alpha, p.region), {}, {}, {}};
+    const BelowAutogradUnlessRecording below;
+    return {handles::relu_backward().call(grads[0], x, p.surrogate, p.alpha, p.region), {}, {}, {}};
   }
 };
 
@@ -101,7 +76,7 @@ struct ReluBackward : torch::autograd::Function<ReluBackward> {
     at::Tensor grad_x;
     {
       const at::AutoDispatchBelowADInplaceOrView guard;
-      grad_x = backward_op().call(grad_y, x, surrogate, alpha, region);
+      grad_x = handles::relu_backward().call(grad_y, x, surrogate, alpha, region);
     }
     save_params(ctx, surrogate, alpha, region);
     ctx->save_for_backward({grad_y, x});
@@ -114,10 +89,11 @@ struct ReluBackward : torch::autograd::Function<ReluBackward> {
     const at::Tensor &grad_y = saved[0], &x = saved[1], &grad_grad_x = grads[0];
     at::Tensor grad_grad_y, grad_x;
     if (ctx->needs_input_grad(0)) {
-      grad_grad_y = backward_op().call(grad_grad_x, x, p.surrogate, p.alpha, p.region);
+      const BelowAutogradUnlessRecording below;
+      grad_grad_y = handles::relu_backward().call(grad_grad_x, x, p.surrogate, p.alpha, p.region);
     }
-    if (ctx->needs_input_grad(1)) {
-      const at::Tensor d2 = grad_factor_derivative_op().call(x, p.surrogate, p.alpha, p.region);
+    if (ctx->needs_input_grad(1)) {  // g'(x) is made of stock ops, with autograd inside
+      const at::Tensor d2 = handles::grad_factor_derivative().call(x, p.surrogate, p.alpha, p.region);
       grad_x = grad_grad_x.to(d2.scalar_type())
                    .mul(grad_y.to(d2.scalar_type()))
                    .mul(d2)
@@ -137,7 +113,7 @@ struct ReluForwardCodes : torch::autograd::Function<ReluForwardCodes> {
     {
       const at::AutoDispatchBelowADInplaceOrView guard;
       std::tie(y, codes) =
-          forward_codes_op().call(x, levels, thresholds, interval_codes, search, bits);
+          handles::relu_forward_codes().call(x, levels, thresholds, interval_codes, search, bits);
     }
     ctx->mark_non_differentiable({codes});
     ctx->saved_data["bits"] = bits;
@@ -148,7 +124,8 @@ struct ReluForwardCodes : torch::autograd::Function<ReluForwardCodes> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const int64_t bits = ctx->saved_data["bits"].toInt();
-    return {backward_codes_op().call(grads[0], saved[0], saved[1], bits), {}, {}, {}, {}, {}};
+    const BelowAutogradUnlessRecording below;
+    return {handles::relu_backward_codes().call(grads[0], saved[0], saved[1], bits), {}, {}, {}, {}, {}};
   }
 };
 
@@ -159,7 +136,7 @@ struct ReluBackwardCodes : torch::autograd::Function<ReluBackwardCodes> {
     at::Tensor grad_x;
     {
       const at::AutoDispatchBelowADInplaceOrView guard;
-      grad_x = backward_codes_op().call(grad_y, codes, levels, bits);
+      grad_x = handles::relu_backward_codes().call(grad_y, codes, levels, bits);
     }
     ctx->saved_data["bits"] = bits;
     ctx->save_for_backward({codes, levels});
@@ -169,9 +146,10 @@ struct ReluBackwardCodes : torch::autograd::Function<ReluBackwardCodes> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     at::Tensor grad_grad_y;
+    const BelowAutogradUnlessRecording below;
     if (ctx->needs_input_grad(0)) {
       grad_grad_y =
-          backward_codes_op().call(grads[0], saved[0], saved[1], ctx->saved_data["bits"].toInt());
+          handles::relu_backward_codes().call(grads[0], saved[0], saved[1], ctx->saved_data["bits"].toInt());
     }
     return {grad_grad_y, {}, {}, {}};
   }

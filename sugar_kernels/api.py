@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.overrides import has_torch_function_unary
 
 from . import _ops, inductor, triton_kernels
 from ._ops import InplaceCodes
@@ -57,10 +58,9 @@ def _check_input(x: torch.Tensor) -> None:
         )
 
 
-def _resolve_backend(backend: str, x: torch.Tensor) -> str:
+def _resolve_backend_uncached(backend: str, dev: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    dev = x.device.type
     if backend == "auto":
         return available_backends(dev)[0]
     if backend == "triton":
@@ -74,6 +74,20 @@ def _resolve_backend(backend: str, x: torch.Tensor) -> str:
         why = _ops.EXTENSION_ERROR or f"the {backend} kernels were not compiled into this build"
         raise RuntimeError(f"backend {backend!r} is not available: {why}")
     return backend
+
+
+# (backend, device type) -> the backend that runs it; only successes are kept, and only in eager
+# mode (under Dynamo a global dict read would add guards on its contents).
+_RESOLVED: dict[tuple[str, str], str] = {}
+
+
+def _resolve_backend(backend: str, dev: str) -> str:
+    if torch.compiler.is_compiling():
+        return _resolve_backend_uncached(backend, dev)
+    resolved = _RESOLVED.get((backend, dev))
+    if resolved is None:
+        resolved = _RESOLVED[backend, dev] = _resolve_backend_uncached(backend, dev)
+    return resolved
 
 
 def sugar_relu(
@@ -96,21 +110,37 @@ def sugar_relu(
     # torch.compile(dynamic=True) a resolved default would be a symbolic float, not a cache key.
     table_alpha = alpha
     surrogate, alpha, region = resolve(surrogate, alpha, region)
-    _check_input(x)
+    return _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend)
+
+
+def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend):
+    """sugar_relu with (surrogate, alpha, region) already resolved (SugarReLU does that once)."""
     if bits is not None:
         bits = check_bits(bits)
     elif inplace:
         raise ValueError("inplace=True needs a code mode (bits=8/4/2/1): exact mode keeps x")
-    backend = _resolve_backend(backend, x)
+    _check_input(x)
+    dev = "cpu" if x.is_cpu else x.device.type
+    backend = _resolve_backend(backend, dev)
     # Read while Dynamo traces, so compiled code guards on the compile mode: switching it
     # (set_compile_mode) recompiles instead of reusing code made for the other mode.
-    fused = inductor.traced_for_fusion(bits is not None, x.device.type)
+    fused = inductor.traced_for_fusion(bits is not None, dev)
+    # Eager calls of the compiled ops on plain tensors enter the dispatcher from C++ (same path,
+    # without torch.ops' generic argument parsing); traced calls and __torch_function__ subclasses
+    # or modes go through torch.ops.
+    direct = (
+        backend in _COMPILED_KEY
+        and not torch.compiler.is_compiling()
+        and not has_torch_function_unary(x)
+    )
     if bits is None:
         if backend == "reference":
             return ReferenceSugarReLU.apply(x, surrogate, alpha, region)
         if backend == "triton":
             return triton_kernels.sugar_relu_triton(x, surrogate, alpha, region)
-        return torch.ops.sugar.relu_forward(x, surrogate, alpha, region)
+        if direct:
+            return _ops._C.relu_forward(x, surrogate, alpha, region)
+        return torch.ops.sugar.relu_forward.default(x, surrogate, alpha, region)
 
     key = (surrogate, table_alpha, region, bits, x.device, x.dtype)
     levels, thresholds, interval_codes, search = kernel_tables(*key)
@@ -124,9 +154,9 @@ def sugar_relu(
         forward_op, forward_inplace_op, backward_op = triton_kernels.code_ops()
     else:
         forward_op, forward_inplace_op, backward_op = (
-            torch.ops.sugar.relu_forward_codes,
-            torch.ops.sugar.relu_forward_codes_,
-            torch.ops.sugar.relu_backward_codes,
+            _ops._C.relu_forward_codes if direct else torch.ops.sugar.relu_forward_codes.default,
+            torch.ops.sugar.relu_forward_codes_.default,
+            torch.ops.sugar.relu_backward_codes.default,
         )
     if inplace and fused:
         # Under torch.compile the in-place form is the functional op plus a copy into x: Inductor
@@ -177,14 +207,18 @@ class SugarReLU(nn.Module):
         self._alpha_hex = None if value is None else float(value).hex()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sugar_relu(
+        # surrogate, alpha and region were resolved in __init__ / the alpha setter (and the ops
+        # check them again); alpha is None only for surrogates without one.
+        alpha = self.alpha
+        return _sugar_relu(
             x,
             self.surrogate,
-            alpha=self.alpha,
-            region=self.region,
-            bits=self.bits,
-            inplace=self.inplace,
-            backend=self.backend,
+            0.0 if alpha is None else alpha,
+            alpha,
+            self.region,
+            self.bits,
+            self.inplace,
+            self.backend,
         )
 
     def extra_repr(self) -> str:
