@@ -129,6 +129,33 @@ struct ReluForwardCodes : torch::autograd::Function<ReluForwardCodes> {
   }
 };
 
+// In place: x = relu(x), codes returned; the same gradient. Autograd allows a function that
+// modifies a view in place to return only that view, so the codes leave through `codes_out`.
+struct ReluForwardCodesInplace : torch::autograd::Function<ReluForwardCodesInplace> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& levels,
+                            const at::Tensor& thresholds, const at::Tensor& interval_codes,
+                            const at::Tensor& search, int64_t bits, at::Tensor* codes_out) {
+    at::Tensor codes;
+    {
+      const at::AutoDispatchBelowADInplaceOrView guard;
+      at::Tensor target = x;
+      codes = handles::relu_forward_codes_().call(target, levels, thresholds, interval_codes,
+                                                  search, bits);
+    }
+    ctx->mark_dirty({x});
+    ctx->saved_data["bits"] = bits;
+    ctx->save_for_backward({codes, levels});
+    *codes_out = codes;
+    return x;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list grad_inputs = ReluForwardCodes::backward(ctx, std::move(grads));
+    grad_inputs.emplace_back();  // codes_out
+    return grad_inputs;
+  }
+};
+
 // grad_x = grad_y * levels[code]: linear in grad_y; codes are piecewise constant in x.
 struct ReluBackwardCodes : torch::autograd::Function<ReluBackwardCodes> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& codes,
@@ -174,6 +201,15 @@ std::tuple<at::Tensor, at::Tensor> relu_forward_codes_autograd(
   return {out[0], out[1]};
 }
 
+at::Tensor relu_forward_codes_inplace_autograd(at::Tensor& x, const at::Tensor& levels,
+                                              const at::Tensor& thresholds,
+                                              const at::Tensor& interval_codes,
+                                              const at::Tensor& search, int64_t bits) {
+  at::Tensor codes;
+  ReluForwardCodesInplace::apply(x, levels, thresholds, interval_codes, search, bits, &codes);
+  return codes;  // mark_dirty bumped x's version, as the ADInplaceOrView kernel of aten ops does
+}
+
 at::Tensor relu_backward_codes_autograd(const at::Tensor& grad_y, const at::Tensor& codes,
                                         const at::Tensor& levels, int64_t bits) {
   return ReluBackwardCodes::apply(grad_y, codes, levels, bits);
@@ -185,6 +221,7 @@ TORCH_LIBRARY_IMPL(sugar, Autograd, m) {
   m.impl("relu_forward", &relu_forward_autograd);
   m.impl("relu_backward", &relu_backward_autograd);
   m.impl("relu_forward_codes", &relu_forward_codes_autograd);
+  m.impl("relu_forward_codes_", &relu_forward_codes_inplace_autograd);
   m.impl("relu_backward_codes", &relu_backward_codes_autograd);
 }
 

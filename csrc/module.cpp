@@ -42,6 +42,13 @@ std::tuple<at::Tensor, at::Tensor> relu_forward_codes(const at::Tensor& x,
                                                    bits);
 }
 
+at::Tensor relu_forward_codes_(at::Tensor& x, const at::Tensor& levels, const at::Tensor& thresholds,
+                               const at::Tensor& interval_codes, const at::Tensor& search,
+                               int64_t bits) {
+  return sugar::handles::relu_forward_codes_().call(x, levels, thresholds, interval_codes, search,
+                                                    bits);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -52,5 +59,8 @@ PYBIND11_MODULE(_C, m) {
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("relu_forward_codes", &relu_forward_codes,
         "sugar::relu_forward_codes through the dispatcher",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("relu_forward_codes_", &relu_forward_codes_,
+        "sugar::relu_forward_codes_ through the dispatcher",
         pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -18,6 +18,8 @@ using Backward = at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_vi
 using ForwardCodes = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                         const at::Tensor&, const at::Tensor&,
                                                         const at::Tensor&, int64_t);
+using ForwardCodesInplace = at::Tensor(at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                       const at::Tensor&, const at::Tensor&, int64_t);
 using BackwardCodes = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
 
 template <typename Signature>
@@ -40,6 +42,10 @@ inline const c10::TypedOperatorHandle<Forward>& grad_factor_derivative() {
 }
 inline const c10::TypedOperatorHandle<ForwardCodes>& relu_forward_codes() {
   static const auto handle = find<ForwardCodes>("sugar::relu_forward_codes");
+  return handle;
+}
+inline const c10::TypedOperatorHandle<ForwardCodesInplace>& relu_forward_codes_() {
+  static const auto handle = find<ForwardCodesInplace>("sugar::relu_forward_codes_");
   return handle;
 }
 inline const c10::TypedOperatorHandle<BackwardCodes>& relu_backward_codes() {

@@ -155,7 +155,7 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     else:
         forward_op, forward_inplace_op, backward_op = (
             _ops._C.relu_forward_codes if direct else torch.ops.sugar.relu_forward_codes.default,
-            torch.ops.sugar.relu_forward_codes_.default,
+            _ops._C.relu_forward_codes_ if direct else torch.ops.sugar.relu_forward_codes_.default,
             torch.ops.sugar.relu_backward_codes.default,
         )
     if inplace and fused:
@@ -163,6 +163,9 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
         # fuses both and reuses x's buffer, and the partitioner sees plain data flow, so it saves
         # the codes (or recomputes them from an x it keeps anyway) rather than x and y.
         return x.copy_(forward_op(x, levels, thresholds, interval_codes, search, bits)[0])
+    if inplace and backend in _COMPILED_KEY:  # the op's autograd (C++) marks x modified
+        forward_inplace_op(x, levels, thresholds, interval_codes, search, bits)
+        return x
     if inplace:
         return InplaceCodes.apply(
             x, levels, thresholds, interval_codes, search, bits, forward_inplace_op, backward_op

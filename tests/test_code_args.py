@@ -94,6 +94,8 @@ VALUE_CASES = [
     ("bucket-negative", _value(4, 4096, -5), r"search\[4096\] \(a bucket start\) .* got -5"),
     ("interval-code", _value(3, 3, 255), None),  # 8 bits: every byte is a valid code
     ("thresholds-nan", _value(2, 10, float("nan")), r"sorted and not NaN.*thresholds\[10\]"),
+    ("thresholds-nan-first", _value(2, 0, float("nan")), r"sorted and not NaN.*thresholds\[0\]"),
+    ("thresholds-nan-last", _value(2, -1, float("nan")), r"sorted and not NaN.*thresholds\[370\]"),
     ("thresholds-unsorted", _value(2, 10, 100.0), r"sorted and not NaN.*thresholds\[11\]"),
 ]
 
