@@ -13,11 +13,13 @@ keeps inf out of the kernels' globals, where torch.compile's code generation can
 That is the exact count, so codes are bit-identical to the C++/CUDA kernels and to
 ``encode_reference``, including for NaN, +-inf and -0.0.
 
-Both kernels work on one block of bytes at a time: a ``[BLOCK_SIZE // per, per]`` tile of
-elements, row b holding the ``per`` elements of byte b. Layout rules follow ``csrc/ops.cpp``:
-codes follow the logical order, so a non-contiguous x is made contiguous first; the functional
-op's y keeps torch.relu's layout (``empty_like(x)``), the in-place op writes relu(x) into x and
-returns only the codes, and backward returns a contiguous grad.
+Both kernels work on one block of BLOCK_SIZE elements (BLOCK_SIZE // per code bytes) at a time:
+elements are loaded and stored as a flat block (128-bit accesses when aligned and the count is a
+multiple of 16), codes are packed and unpacked in a ``[BLOCK_SIZE // per, per]`` view, row b
+holding the codes of byte b. Layout rules follow ``csrc/ops.cpp``: codes follow the logical
+order, so a non-contiguous x is made contiguous first; the functional op's y keeps torch.relu's
+layout (``empty_like(x)``), the in-place op writes relu(x) into x and returns only the codes, and
+backward returns a contiguous grad.
 
 The ops ``sugar::triton_relu_forward_codes`` / ``sugar::triton_relu_forward_codes_`` /
 ``sugar::triton_relu_backward_codes`` take the arguments of ``sugar::relu_forward_codes`` /
@@ -29,14 +31,15 @@ ops); the in-place one goes through ``sugar_kernels._ops.InplaceCodes``.
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .sugar_relu import (
     AUTOTUNE_MIN_ELEMENTS,
-    CONFIGS,
-    SMALL_BLOCK_SIZE,
+    Launch,
     _check_tensor,
     _runs_kernels,
+    autotune,
+    run,
 )
 
 BITS = (1, 2, 4, 8)
@@ -78,6 +81,9 @@ def _interval_of(x, thresholds_ptr, search_ptr, n_thresholds, BUCKETS: tl.conste
 
 # Bytes per element: reads x, writes y, writes bits/8 of a code byte (+ table gathers, cache
 # resident): 8.125..9 for float32, 4.125..5 for half/bfloat16, 16.125..17 for float64.
+# Unlike the exact kernels, the code kernels mask every block (no unmasked full-block copy): with
+# the two copies ptxas spills 4..8 bytes in some variants (tests/test_triton_compiled.py), so
+# their element accesses are 128-bit when the element count is a multiple of 16.
 @triton.jit
 def relu_forward_codes_kernel(
     x_ptr,
@@ -94,10 +100,9 @@ def relu_forward_codes_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     PER: tl.constexpr = 8 // BITS
-    BLOCK_BYTES: tl.constexpr = BLOCK_SIZE // PER
-    byte = tl.program_id(0).to(tl.int64) * BLOCK_BYTES + tl.arange(0, BLOCK_BYTES)  # 64-bit
-    lane = tl.arange(0, PER)
-    offsets = byte[:, None] * PER + lane[None, :]  # [BLOCK_BYTES, PER]: the elements of a byte
+    start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
+    offsets = start + tl.arange(0, BLOCK_SIZE)
+    byte = start // PER + tl.arange(0, BLOCK_SIZE // PER)
     mask = offsets < n_elements
     x = tl.load(x_ptr + offsets, mask=mask, other=0)
     # Compare in opmath, like the tables: float64 stays, half/bfloat16 widen exactly to float32.
@@ -106,15 +111,21 @@ def relu_forward_codes_kernel(
     else:
         xo = x.to(tl.float32)
     below = _interval_of(xo, thresholds_ptr, search_ptr, n_thresholds, BUCKETS)
+    # Elements past the end get code 0: the last byte is zero-padded.
     code = tl.load(interval_codes_ptr + below, mask=mask, other=0).to(tl.int32)
-    packed = tl.sum(code << (lane * BITS)[None, :], axis=1)  # disjoint bit fields: sum = or
-    tl.store(codes_ptr + byte, packed.to(tl.uint8), mask=byte < n_bytes)
+    if PER > 1:  # pack: element i in bits (i % PER) * BITS of byte i // PER (disjoint: sum = or)
+        code = code << ((tl.arange(0, BLOCK_SIZE) % PER) * BITS)
+        code = tl.sum(tl.reshape(code, (BLOCK_SIZE // PER, PER)), axis=1)
+    tl.store(codes_ptr + byte, code.to(tl.uint8), mask=byte < n_bytes)
     # x < 0 ? 0 : x keeps -0.0 and NaN (with its payload), exactly like torch.relu.
     tl.store(y_ptr + offsets, tl.where(x < 0, 0, x), mask=mask)
 
 
-relu_forward_codes_kernel_autotuned = triton.autotune(configs=CONFIGS, key=["n_elements", "BITS"])(
-    relu_forward_codes_kernel
+# The code kernels stop at 16 elements per thread: at 32 (8192 per 8 warps) the float16 backward
+# at 8 bits spills 8 bytes on sm_90 (bfloat16, the same code, does not).
+CODES_MAX_PER_THREAD = 16
+relu_forward_codes_autotuned = autotune(
+    relu_forward_codes_kernel, key=["n_elements", "BITS"], max_per_thread=CODES_MAX_PER_THREAD
 )
 
 
@@ -126,25 +137,19 @@ def relu_forward_codes_launch(
     interval_codes: torch.Tensor,
     search: torch.Tensor,
     bits: int,
-) -> None:
-    """Launch relu_forward_codes_kernel: y = relu(xc) and codes of xc (contiguous; y may be xc)."""
+) -> Launch:
+    """y = relu(xc) and the codes of xc (contiguous; y may be xc: in place)."""
     n = xc.numel()
-    if n == 0 or not _runs_kernels(xc):
-        return
-    per = 8 // bits
     n_bytes = codes.numel()
-    args = (xc, y, codes, thresholds, interval_codes, search, n, n_bytes, thresholds.numel())
-    flags = {"BITS": bits, "BUCKETS": SEARCH_BUCKETS}
-    if n >= AUTOTUNE_MIN_ELEMENTS:
-        grid = _byte_grid(n_bytes, per)
-        wrap_triton(relu_forward_codes_kernel_autotuned)[grid](*args, **flags)
-    else:
-        grid = (triton.cdiv(n_bytes, SMALL_BLOCK_SIZE // per),)
-        wrap_triton(relu_forward_codes_kernel)[grid](*args, **flags, BLOCK_SIZE=SMALL_BLOCK_SIZE)
-
-
-def _byte_grid(n_bytes: int, per: int):
-    return lambda meta: (triton.cdiv(n_bytes, meta["BLOCK_SIZE"] // per),)
+    return Launch(
+        relu_forward_codes_kernel,
+        relu_forward_codes_autotuned[xc.dtype == torch.float64],
+        (xc, y, codes, thresholds, interval_codes, search, n, n_bytes, thresholds.numel()),
+        {"BITS": bits, "BUCKETS": SEARCH_BUCKETS},
+        n >= AUTOTUNE_MIN_ELEMENTS,
+        n_bytes,
+        8 // bits,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,40 +169,47 @@ def relu_backward_codes_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     PER: tl.constexpr = 8 // BITS
-    BLOCK_BYTES: tl.constexpr = BLOCK_SIZE // PER
-    byte = tl.program_id(0).to(tl.int64) * BLOCK_BYTES + tl.arange(0, BLOCK_BYTES)  # 64-bit
-    lane = tl.arange(0, PER)
-    offsets = byte[:, None] * PER + lane[None, :]
+    start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
+    offsets = start + tl.arange(0, BLOCK_SIZE)
+    byte = start // PER + tl.arange(0, BLOCK_SIZE // PER)
     mask = offsets < n_elements
-    packed = tl.load(codes_ptr + byte, mask=byte < n_bytes, other=0).to(tl.int32)
-    code = (packed[:, None] >> (lane * BITS)[None, :]) & ((1 << BITS) - 1)
-    level = tl.load(levels_ptr + code)  # code < 2^bits = len(levels): always in bounds
+    code = tl.load(codes_ptr + byte, mask=byte < n_bytes, other=0).to(tl.int32)
+    if PER > 1:  # unpack: [bytes, PER] codes, flattened in element order
+        code = (code[:, None] >> (tl.arange(0, PER) * BITS)[None, :]) & ((1 << BITS) - 1)
+        code = tl.reshape(code, (BLOCK_SIZE,))
+    level = tl.load(levels_ptr + code)  # code < 2^bits = len(levels): in bounds
     g = tl.load(grad_y_ptr + offsets, mask=mask)
     grad_x = g.to(level.dtype) * level
     tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
-relu_backward_codes_kernel_autotuned = triton.autotune(configs=CONFIGS, key=["n_elements", "BITS"])(
-    relu_backward_codes_kernel
+relu_backward_codes_autotuned = autotune(
+    relu_backward_codes_kernel, key=["n_elements", "BITS"], max_per_thread=CODES_MAX_PER_THREAD
 )
 
 
 def relu_backward_codes_launch(
     gc: torch.Tensor, codes: torch.Tensor, levels: torch.Tensor, grad_x: torch.Tensor, bits: int
-) -> None:
-    """Launch relu_backward_codes_kernel on contiguous gc into contiguous grad_x."""
+) -> Launch:
+    """grad_x = gc * levels[code] (gc and grad_x contiguous)."""
     n = gc.numel()
-    if n == 0 or not _runs_kernels(gc):
-        return
-    per = 8 // bits
     n_bytes = codes.numel()
-    args = (gc, codes, levels, grad_x, n, n_bytes)
-    if n >= AUTOTUNE_MIN_ELEMENTS:
-        grid = _byte_grid(n_bytes, per)
-        wrap_triton(relu_backward_codes_kernel_autotuned)[grid](*args, BITS=bits)
-    else:
-        grid = (triton.cdiv(n_bytes, SMALL_BLOCK_SIZE // per),)
-        wrap_triton(relu_backward_codes_kernel)[grid](*args, BITS=bits, BLOCK_SIZE=SMALL_BLOCK_SIZE)
+    return Launch(
+        relu_backward_codes_kernel,
+        relu_backward_codes_autotuned[gc.dtype == torch.float64],
+        (gc, codes, levels, grad_x, n, n_bytes),
+        {"BITS": bits},
+        n >= AUTOTUNE_MIN_ELEMENTS,
+        n_bytes,
+        8 // bits,
+    )
+
+
+def _start(launch: Launch) -> None:
+    """run(launch) unless there is nothing to do (no elements, or fake tensors interpreted)."""
+    xc = launch.args[0]
+    if xc.numel() > 0 and _runs_kernels(xc):
+        run(launch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +322,7 @@ def triton_relu_forward_codes(
     xc = x.contiguous()
     y = torch.empty_like(xc)
     codes = _new_codes(x, bits)
-    relu_forward_codes_launch(xc, y, codes, thresholds, interval_codes, search, bits)
+    _start(relu_forward_codes_launch(xc, y, codes, thresholds, interval_codes, search, bits))
     if not x.is_contiguous():  # keep torch.relu's output layout
         y = torch.empty_like(x).copy_(y)
     return y, codes
@@ -329,10 +341,10 @@ def triton_relu_forward_codes_(
     bits = _check_code_args(x, levels, thresholds, interval_codes, search, bits, op)
     codes = _new_codes(x, bits)
     if x.is_contiguous():
-        relu_forward_codes_launch(x, x, codes, thresholds, interval_codes, search, bits)
+        _start(relu_forward_codes_launch(x, x, codes, thresholds, interval_codes, search, bits))
     else:
         xc = x.contiguous()
-        relu_forward_codes_launch(xc, xc, codes, thresholds, interval_codes, search, bits)
+        _start(relu_forward_codes_launch(xc, xc, codes, thresholds, interval_codes, search, bits))
         x.copy_(xc)
     return codes
 
@@ -354,7 +366,7 @@ def triton_relu_backward_codes(
         )
     gc = grad_y.contiguous()
     grad_x = torch.empty_like(gc)
-    relu_backward_codes_launch(gc, codes, levels, grad_x, bits)
+    _start(relu_backward_codes_launch(gc, codes, levels, grad_x, bits))
     return grad_x
 
 
