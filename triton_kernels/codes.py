@@ -13,13 +13,11 @@ keeps inf out of the kernels' globals, where torch.compile's code generation can
 That is the exact count, so codes are bit-identical to the C++/CUDA kernels and to
 ``encode_reference``, including for NaN, +-inf and -0.0.
 
-Both kernels work on one block of BLOCK_SIZE elements (BLOCK_SIZE // per code bytes) at a time:
-elements are loaded and stored as a flat block (128-bit accesses when aligned and the count is a
-multiple of 16), codes are packed and unpacked in a ``[BLOCK_SIZE // per, per]`` view, row b
-holding the codes of byte b. Layout rules follow ``csrc/ops.cpp``: codes follow the logical
-order, so a non-contiguous x is made contiguous first; the functional op's y keeps torch.relu's
-layout (``empty_like(x)``), the in-place op writes relu(x) into x and returns only the codes, and
-backward returns a contiguous grad.
+Both kernels work on one block of bytes at a time: a ``[BLOCK_SIZE // per, per]`` tile of
+elements, row b holding the ``per`` elements of byte b. Layout rules follow ``csrc/ops.cpp``:
+codes follow the logical order, so a non-contiguous x is made contiguous first; the functional
+op's y keeps torch.relu's layout (``empty_like(x)``), the in-place op writes relu(x) into x and
+returns only the codes, and backward returns a contiguous grad.
 
 The ops ``sugar::triton_relu_forward_codes`` / ``sugar::triton_relu_forward_codes_`` /
 ``sugar::triton_relu_backward_codes`` take the arguments of ``sugar::relu_forward_codes`` /
@@ -81,9 +79,6 @@ def _interval_of(x, thresholds_ptr, search_ptr, n_thresholds, BUCKETS: tl.conste
 
 # Bytes per element: reads x, writes y, writes bits/8 of a code byte (+ table gathers, cache
 # resident): 8.125..9 for float32, 4.125..5 for half/bfloat16, 16.125..17 for float64.
-# Unlike the exact kernels, the code kernels mask every block (no unmasked full-block copy): with
-# the two copies ptxas spills 4..8 bytes in some variants (tests/test_triton_compiled.py), so
-# their element accesses are 128-bit when the element count is a multiple of 16.
 @triton.jit
 def relu_forward_codes_kernel(
     x_ptr,
@@ -100,9 +95,10 @@ def relu_forward_codes_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     PER: tl.constexpr = 8 // BITS
-    start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
-    offsets = start + tl.arange(0, BLOCK_SIZE)
-    byte = start // PER + tl.arange(0, BLOCK_SIZE // PER)
+    BLOCK_BYTES: tl.constexpr = BLOCK_SIZE // PER
+    byte = tl.program_id(0).to(tl.int64) * BLOCK_BYTES + tl.arange(0, BLOCK_BYTES)  # 64-bit
+    lane = tl.arange(0, PER)
+    offsets = byte[:, None] * PER + lane[None, :]  # [BLOCK_BYTES, PER]: the elements of a byte
     mask = offsets < n_elements
     x = tl.load(x_ptr + offsets, mask=mask, other=0)
     # Compare in opmath, like the tables: float64 stays, half/bfloat16 widen exactly to float32.
@@ -111,22 +107,14 @@ def relu_forward_codes_kernel(
     else:
         xo = x.to(tl.float32)
     below = _interval_of(xo, thresholds_ptr, search_ptr, n_thresholds, BUCKETS)
-    # Elements past the end get code 0: the last byte is zero-padded.
     code = tl.load(interval_codes_ptr + below, mask=mask, other=0).to(tl.int32)
-    if PER > 1:  # pack: element i in bits (i % PER) * BITS of byte i // PER (disjoint: sum = or)
-        code = code << ((tl.arange(0, BLOCK_SIZE) % PER) * BITS)
-        code = tl.sum(tl.reshape(code, (BLOCK_SIZE // PER, PER)), axis=1)
-    tl.store(codes_ptr + byte, code.to(tl.uint8), mask=byte < n_bytes)
+    packed = tl.sum(code << (lane * BITS)[None, :], axis=1)  # disjoint bit fields: sum = or
+    tl.store(codes_ptr + byte, packed.to(tl.uint8), mask=byte < n_bytes)
     # x < 0 ? 0 : x keeps -0.0 and NaN (with its payload), exactly like torch.relu.
     tl.store(y_ptr + offsets, tl.where(x < 0, 0, x), mask=mask)
 
 
-# The code kernels stop at 16 elements per thread: at 32 (8192 per 8 warps) the float16 backward
-# at 8 bits spills 8 bytes on sm_90 (bfloat16, the same code, does not).
-CODES_MAX_PER_THREAD = 16
-relu_forward_codes_autotuned = autotune(
-    relu_forward_codes_kernel, key=["n_elements", "BITS"], max_per_thread=CODES_MAX_PER_THREAD
-)
+relu_forward_codes_autotuned = autotune(relu_forward_codes_kernel, key=["n_elements", "BITS"])
 
 
 def relu_forward_codes_launch(
@@ -169,23 +157,20 @@ def relu_backward_codes_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     PER: tl.constexpr = 8 // BITS
-    start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
-    offsets = start + tl.arange(0, BLOCK_SIZE)
-    byte = start // PER + tl.arange(0, BLOCK_SIZE // PER)
+    BLOCK_BYTES: tl.constexpr = BLOCK_SIZE // PER
+    byte = tl.program_id(0).to(tl.int64) * BLOCK_BYTES + tl.arange(0, BLOCK_BYTES)  # 64-bit
+    lane = tl.arange(0, PER)
+    offsets = byte[:, None] * PER + lane[None, :]
     mask = offsets < n_elements
-    code = tl.load(codes_ptr + byte, mask=byte < n_bytes, other=0).to(tl.int32)
-    if PER > 1:  # unpack: [bytes, PER] codes, flattened in element order
-        code = (code[:, None] >> (tl.arange(0, PER) * BITS)[None, :]) & ((1 << BITS) - 1)
-        code = tl.reshape(code, (BLOCK_SIZE,))
-    level = tl.load(levels_ptr + code)  # code < 2^bits = len(levels): in bounds
+    packed = tl.load(codes_ptr + byte, mask=byte < n_bytes, other=0).to(tl.int32)
+    code = (packed[:, None] >> (lane * BITS)[None, :]) & ((1 << BITS) - 1)
+    level = tl.load(levels_ptr + code)  # code < 2^bits = len(levels): always in bounds
     g = tl.load(grad_y_ptr + offsets, mask=mask)
     grad_x = g.to(level.dtype) * level
     tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
-relu_backward_codes_autotuned = autotune(
-    relu_backward_codes_kernel, key=["n_elements", "BITS"], max_per_thread=CODES_MAX_PER_THREAD
-)
+relu_backward_codes_autotuned = autotune(relu_backward_codes_kernel, key=["n_elements", "BITS"])
 
 
 def relu_backward_codes_launch(

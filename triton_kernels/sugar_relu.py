@@ -96,20 +96,10 @@ SMALL_BLOCK_SIZE = 1024  # launched with Triton's default num_warps=4 (= AUTOTUN
 AUTOTUNE_MIN_ELEMENTS = 1 << 20
 
 
-def autotune(kernel, key: list[str], max_per_thread: int = 32) -> tuple:
+def autotune(kernel, key: list[str]) -> tuple:
     """kernel behind triton.autotune keyed on ``key``: (with CONFIGS, with CONFIGS_64), to be
-    indexed with ``dtype == torch.float64``; configs over ``max_per_thread`` elements per thread
-    left out."""
-    return tuple(
-        triton.autotune(configs=[c for c in configs if _per_thread(c) <= max_per_thread], key=key)(
-            kernel
-        )
-        for configs in (CONFIGS, CONFIGS_64)
-    )
-
-
-def _per_thread(config: triton.Config) -> int:
-    return config.kwargs["BLOCK_SIZE"] // (32 * config.num_warps)
+    indexed with ``dtype == torch.float64``."""
+    return tuple(triton.autotune(configs=c, key=key)(kernel) for c in (CONFIGS, CONFIGS_64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,11 +357,12 @@ def relu_backward_kernel(
 ):
     start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
     offsets = start + tl.arange(0, BLOCK_SIZE)
-    args = (grad_y_ptr, x_ptr, grad_x_ptr, offsets, n_elements, alpha_hi, alpha_lo)
     if start + BLOCK_SIZE <= n_elements:
-        _relu_backward_block(*args, SURROGATE, NEGATIVE_ONLY, True)
+        _relu_backward_block(grad_y_ptr, x_ptr, grad_x_ptr, offsets, n_elements, alpha_hi,
+                             alpha_lo, SURROGATE, NEGATIVE_ONLY, True)  # fmt: skip
     else:
-        _relu_backward_block(*args, SURROGATE, NEGATIVE_ONLY, False)
+        _relu_backward_block(grad_y_ptr, x_ptr, grad_x_ptr, offsets, n_elements, alpha_hi,
+                             alpha_lo, SURROGATE, NEGATIVE_ONLY, False)  # fmt: skip
 
 
 relu_backward_autotuned = autotune(relu_backward_kernel, key=["n_elements", "SURROGATE"])
