@@ -246,11 +246,12 @@ def grad_factor(x, alpha, SURROGATE: tl.constexpr, NEGATIVE_ONLY: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 # Forward: y = relu(x), bit-identical to torch.relu
 # ---------------------------------------------------------------------------------------------
-# Loads and stores of one block, whole (FULL: unmasked) or the tail (masked). Every kernel runs its
-# block body with FULL=True when the block lies inside the tensor and FULL=False for the last one:
-# the element count then never limits vectorisation (Triton vectorises a masked access only when
-# the count is a multiple of 16, one of its run-time specialisations), so with 16-byte-aligned
-# pointers every element access of a full block is 128-bit whatever the size.
+# Loads and stores of one block, whole (FULL: unmasked) or the tail (masked). The exact kernels run
+# their block body with FULL=True when the block lies inside the tensor and FULL=False for the last
+# one: the element count then never limits vectorisation (Triton vectorises a masked access only
+# when the count is a multiple of 16, one of its run-time specialisations), so with 16-byte-aligned
+# pointers every element access of a full block is 128-bit whatever the size. (The code kernels
+# stay masked: with the two copies ptxas spilled 4..8 bytes in some of their variants.)
 @triton.jit
 def _load(ptr, offsets, n, FULL: tl.constexpr):
     if FULL:
