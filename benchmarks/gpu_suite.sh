@@ -13,7 +13,11 @@
 # 3. the percent of copy bandwidth of every kernel and mode (benchmarks/gpu_bandwidth.py: float32
 #    and bfloat16, 2^24..2^28, issue-11 targets), the full GPU micro sweep (2^28 down to 2^16,
 #    float32 and bfloat16), then the memory table;
-# 4. prints short tables last (%copy per kernel, the largest size, the issue-5 and -11 targets).
+# 3b. Triton vs CUDA: every kernel (exact forward/backward, bits=8 code forward/backward) through
+#    the sugar::triton_* ops and the C++ sugar::* ops, float32 and bfloat16 at 2^26 elements, the
+#    same outputs checked, interleaved timings (triton_vs_cuda.csv); autotuning compiles first;
+# 4. prints short tables last (%copy per kernel, the largest size, the issue-5 and -11 targets,
+#    Triton vs CUDA).
 #
 # Everything finishes in under 8 minutes: each step runs under `timeout`, with a budget taken from
 # what is left of SUITE_BUDGET seconds (default 450); the micro sweep also stops starting new groups
@@ -21,7 +25,7 @@
 # device tool brings them back), else to results/gpu/: suite.log (everything printed),
 # bandwidth.csv, micro.csv, micro_cuda.png, memory.md. Exit status: 0 when every step passed, 1 otherwise.
 #
-# SUITE_STEPS picks steps (default "build tests codeargs sanitize bandwidth micro memory"): on a
+# SUITE_STEPS picks steps (default "build tests codeargs sanitize triton bandwidth micro memory"): on a
 # machine still warm from an earlier call (the built extension is kept), SUITE_STEPS="bandwidth
 # micro memory" gives the benchmarks the whole budget. The micro sweep compiles the paper formula with dynamic shapes here (one compile
 # per dtype; size hints from 2^28, the first size) to fit the budget; `python -m benchmarks.micro`
@@ -47,7 +51,7 @@ export SUGAR_REQUIRE_CUDA=1  # a GPU machine must build the CUDA kernels, never 
 START=$(date +%s)
 DEADLINE=$((START + ${SUITE_BUDGET:-450}))
 FAILED=()
-STEPS=" ${SUITE_STEPS:-build tests codeargs sanitize bandwidth micro memory} "
+STEPS=" ${SUITE_STEPS:-build tests codeargs sanitize triton bandwidth micro memory} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 
 left() { echo $((DEADLINE - $(date +%s))); }
@@ -137,6 +141,75 @@ if want sanitize; then
     fi
 fi
 
+# 3b (run first). Triton vs CUDA, direct op calls: `$PY -c "$TRITON_VS_CUDA" measure CSV`
+# measures (and prints the table), `... report CSV` prints the table again.
+TRITON_VS_CUDA=$(cat <<'PYEOF'
+import sys
+from pathlib import Path
+
+import torch
+
+import sugar_kernels as sk
+from benchmarks.common import Case, Timer, append_csv, gbps, interleaved, read_csv, text_table
+from sugar_kernels import codes, triton_kernels
+
+FIELDS = ["kernel", "dtype", "n", "cuda_ms", "triton_ms", "cuda_gbps", "triton_gbps"]
+mode, path = sys.argv[1], sys.argv[2]
+if mode == "measure":
+    ok, why = triton_kernels.triton_status("cuda")
+    assert ok and "cuda" in sk.available_backends("cuda"), (why, sk.available_backends("cuda"))
+    n, ops, dev, rows = 1 << 26, torch.ops.sugar, torch.device("cuda"), []
+    for dtype in (torch.float32, torch.bfloat16):
+        gen = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn(n, device=dev, dtype=dtype, generator=gen)
+        g = torch.randn(n, device=dev, dtype=dtype, generator=gen)
+        key = ("bsilu", 1.67, "all", 8, dev, dtype)
+        tables = (*codes.tables(*key), codes.search_table(*key), 8)
+        packed = ops.relu_forward_codes(x, *tables)[1]
+        s = x.element_size()
+        kernels = {  # name: (op name, arguments, bytes moved)
+            "exact_fwd": ("relu_forward", (x, "bsilu", 1.67, "all"), 2 * s * n),
+            "exact_bwd": ("relu_backward", (g, x, "bsilu", 1.67, "all"), 3 * s * n),
+            "codes_fwd_b8": ("relu_forward_codes", (x, *tables), 2 * s * n + n),
+            "codes_bwd_b8": ("relu_backward_codes", (g, packed, tables[0], 8), 2 * s * n + n),
+        }
+        cases = []
+        for name, (op, args, _) in kernels.items():
+            cuda, triton = getattr(ops, op), getattr(ops, "triton_" + op)
+            ref, out = cuda(*args), triton(*args)  # compiles and autotunes the Triton kernel
+            for r, o in zip(*(t if isinstance(t, tuple) else (t,) for t in (ref, out))):
+                if name == "exact_bwd":  # one rounding of the same float32 math; libm may differ
+                    torch.testing.assert_close(o, r, rtol=2e-2, atol=1e-6)
+                else:
+                    assert torch.equal(o, r), f"{name} {dtype}: Triton and CUDA outputs differ"
+            cases += [Case(f"{name}/cuda", lambda f=cuda, a=args: f(*a)),
+                      Case(f"{name}/triton", lambda f=triton, a=args: f(*a))]  # fmt: skip
+        stats, errors = interleaved(Timer(dev), cases, target_s=0.05, min_reps=10, max_reps=40,
+                                    rounds=4, max_case_s=2.0)  # fmt: skip
+        assert not errors, errors
+        for name, (_, _, nbytes) in kernels.items():
+            c, t = stats[f"{name}/cuda"].median_ms, stats[f"{name}/triton"].median_ms
+            rows.append({"kernel": name, "dtype": str(dtype)[6:], "n": n, "cuda_ms": c,
+                         "triton_ms": t, "cuda_gbps": gbps(nbytes, c),
+                         "triton_gbps": gbps(nbytes, t)})  # fmt: skip
+        del x, g, packed, tables, cases
+        torch.cuda.empty_cache()
+    Path(path).unlink(missing_ok=True)
+    append_csv(path, rows, FIELDS)
+rows = read_csv(path)
+print(text_table(
+    ["Triton vs CUDA (median)", "dtype", "n", "cuda ms", "triton ms", "triton/cuda", "cuda GB/s",
+     "triton GB/s"],
+    [[r["kernel"], r["dtype"], f"2^{int(r['n']).bit_length() - 1}", f"{float(r['cuda_ms']):.3f}",
+      f"{float(r['triton_ms']):.3f}", f"{float(r['triton_ms']) / float(r['cuda_ms']):.2f}x",
+      f"{float(r['cuda_gbps']):.0f}", f"{float(r['triton_gbps']):.0f}"] for r in rows],
+))  # fmt: skip
+PYEOF
+)
+if want triton; then
+    step triton-vs-cuda 120 210 "$PY" -c "$TRITON_VS_CUDA" measure "$OUT_DIR/triton_vs_cuda.csv"
+fi
+
 # 3a. percent of copy bandwidth per kernel and mode (direct op calls), with the issue-11 targets
 if want bandwidth; then
     step bandwidth 100 110 "$PY" -m benchmarks.gpu_bandwidth --sizes 24:28 \
@@ -173,6 +246,11 @@ if [[ -s "$OUT_DIR/micro.csv" ]]; then
     timeout 25 "$PY" -m benchmarks.micro --summarize "$OUT_DIR/micro.csv"
 else
     echo "no micro-benchmark results"
+fi
+if [[ -s "$OUT_DIR/triton_vs_cuda.csv" ]]; then
+    timeout 25 "$PY" -c "$TRITON_VS_CUDA" report "$OUT_DIR/triton_vs_cuda.csv"
+else
+    echo "no Triton vs CUDA results"
 fi
 if ((${#FAILED[@]})); then
     echo "FAILED steps: ${FAILED[*]}"

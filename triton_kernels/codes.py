@@ -29,14 +29,15 @@ ops); the in-place one goes through ``sugar_kernels._ops.InplaceCodes``.
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .sugar_relu import (
     AUTOTUNE_MIN_ELEMENTS,
-    CONFIGS,
-    SMALL_BLOCK_SIZE,
+    Launch,
     _check_tensor,
     _runs_kernels,
+    autotune,
+    run,
 )
 
 BITS = (1, 2, 4, 8)
@@ -113,9 +114,7 @@ def relu_forward_codes_kernel(
     tl.store(y_ptr + offsets, tl.where(x < 0, 0, x), mask=mask)
 
 
-relu_forward_codes_kernel_autotuned = triton.autotune(configs=CONFIGS, key=["n_elements", "BITS"])(
-    relu_forward_codes_kernel
-)
+relu_forward_codes_autotuned = autotune(relu_forward_codes_kernel, key=["n_elements", "BITS"])
 
 
 def relu_forward_codes_launch(
@@ -126,25 +125,19 @@ def relu_forward_codes_launch(
     interval_codes: torch.Tensor,
     search: torch.Tensor,
     bits: int,
-) -> None:
-    """Launch relu_forward_codes_kernel: y = relu(xc) and codes of xc (contiguous; y may be xc)."""
+) -> Launch:
+    """y = relu(xc) and the codes of xc (contiguous; y may be xc: in place)."""
     n = xc.numel()
-    if n == 0 or not _runs_kernels(xc):
-        return
-    per = 8 // bits
     n_bytes = codes.numel()
-    args = (xc, y, codes, thresholds, interval_codes, search, n, n_bytes, thresholds.numel())
-    flags = {"BITS": bits, "BUCKETS": SEARCH_BUCKETS}
-    if n >= AUTOTUNE_MIN_ELEMENTS:
-        grid = _byte_grid(n_bytes, per)
-        wrap_triton(relu_forward_codes_kernel_autotuned)[grid](*args, **flags)
-    else:
-        grid = (triton.cdiv(n_bytes, SMALL_BLOCK_SIZE // per),)
-        wrap_triton(relu_forward_codes_kernel)[grid](*args, **flags, BLOCK_SIZE=SMALL_BLOCK_SIZE)
-
-
-def _byte_grid(n_bytes: int, per: int):
-    return lambda meta: (triton.cdiv(n_bytes, meta["BLOCK_SIZE"] // per),)
+    return Launch(
+        relu_forward_codes_kernel,
+        relu_forward_codes_autotuned[xc.dtype == torch.float64],
+        (xc, y, codes, thresholds, interval_codes, search, n, n_bytes, thresholds.numel()),
+        {"BITS": bits, "BUCKETS": SEARCH_BUCKETS},
+        n >= AUTOTUNE_MIN_ELEMENTS,
+        n_bytes,
+        8 // bits,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,27 +170,31 @@ def relu_backward_codes_kernel(
     tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
-relu_backward_codes_kernel_autotuned = triton.autotune(configs=CONFIGS, key=["n_elements", "BITS"])(
-    relu_backward_codes_kernel
-)
+relu_backward_codes_autotuned = autotune(relu_backward_codes_kernel, key=["n_elements", "BITS"])
 
 
 def relu_backward_codes_launch(
     gc: torch.Tensor, codes: torch.Tensor, levels: torch.Tensor, grad_x: torch.Tensor, bits: int
-) -> None:
-    """Launch relu_backward_codes_kernel on contiguous gc into contiguous grad_x."""
+) -> Launch:
+    """grad_x = gc * levels[code] (gc and grad_x contiguous)."""
     n = gc.numel()
-    if n == 0 or not _runs_kernels(gc):
-        return
-    per = 8 // bits
     n_bytes = codes.numel()
-    args = (gc, codes, levels, grad_x, n, n_bytes)
-    if n >= AUTOTUNE_MIN_ELEMENTS:
-        grid = _byte_grid(n_bytes, per)
-        wrap_triton(relu_backward_codes_kernel_autotuned)[grid](*args, BITS=bits)
-    else:
-        grid = (triton.cdiv(n_bytes, SMALL_BLOCK_SIZE // per),)
-        wrap_triton(relu_backward_codes_kernel)[grid](*args, BITS=bits, BLOCK_SIZE=SMALL_BLOCK_SIZE)
+    return Launch(
+        relu_backward_codes_kernel,
+        relu_backward_codes_autotuned[gc.dtype == torch.float64],
+        (gc, codes, levels, grad_x, n, n_bytes),
+        {"BITS": bits},
+        n >= AUTOTUNE_MIN_ELEMENTS,
+        n_bytes,
+        8 // bits,
+    )
+
+
+def _start(launch: Launch) -> None:
+    """run(launch) unless there is nothing to do (no elements, or fake tensors interpreted)."""
+    xc = launch.args[0]
+    if xc.numel() > 0 and _runs_kernels(xc):
+        run(launch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +307,7 @@ def triton_relu_forward_codes(
     xc = x.contiguous()
     y = torch.empty_like(xc)
     codes = _new_codes(x, bits)
-    relu_forward_codes_launch(xc, y, codes, thresholds, interval_codes, search, bits)
+    _start(relu_forward_codes_launch(xc, y, codes, thresholds, interval_codes, search, bits))
     if not x.is_contiguous():  # keep torch.relu's output layout
         y = torch.empty_like(x).copy_(y)
     return y, codes
@@ -329,10 +326,10 @@ def triton_relu_forward_codes_(
     bits = _check_code_args(x, levels, thresholds, interval_codes, search, bits, op)
     codes = _new_codes(x, bits)
     if x.is_contiguous():
-        relu_forward_codes_launch(x, x, codes, thresholds, interval_codes, search, bits)
+        _start(relu_forward_codes_launch(x, x, codes, thresholds, interval_codes, search, bits))
     else:
         xc = x.contiguous()
-        relu_forward_codes_launch(xc, xc, codes, thresholds, interval_codes, search, bits)
+        _start(relu_forward_codes_launch(xc, xc, codes, thresholds, interval_codes, search, bits))
         x.copy_(xc)
     return codes
 
@@ -354,7 +351,7 @@ def triton_relu_backward_codes(
         )
     gc = grad_y.contiguous()
     grad_x = torch.empty_like(gc)
-    relu_backward_codes_launch(gc, codes, levels, grad_x, bits)
+    _start(relu_backward_codes_launch(gc, codes, levels, grad_x, bits))
     return grad_x
 
 

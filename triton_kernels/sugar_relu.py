@@ -16,11 +16,14 @@ ops') is registered by ``sugar_kernels._ops.register_autograd_for("triton_")`` o
 
 Under ``TRITON_INTERPRET=1`` (CPU tensors, for CI without a GPU) the autotuner gets one config and
 erfc, which the interpreter does not provide, is computed from erf (see ``_erfc``); the
-interpreter cannot be traced by torch.compile (use a GPU for that).
+interpreter cannot be traced by torch.compile (use a GPU for that). The compiled branches (libdevice
+erfc, the autotune configs, every kernel variant a launcher can request) are compiled for sm_80 and
+sm_90 without a GPU by tests/test_triton_compiled.py, from the launchers' own ``Launch`` values.
 """
 
 import math
 import struct
+from typing import NamedTuple
 
 import torch
 import triton
@@ -72,16 +75,67 @@ _DERIVATIVE_CLAMP = tl.constexpr(1.0e4)
 # (block size x warps, keyed on the element count, and the surrogate for backward). Smaller ones,
 # where launch latency dominates and a benchmark could not tell configs apart, launch the kernel
 # with SMALL_BLOCK_SIZE directly: one compilation per kernel variant instead of one per config.
+# float64 kernels keep 8 elements per thread and at most 256 threads (255 registers each): at 16
+# elements per thread backward mish spills (24..68 bytes with region="negative"), at 32 ptxas runs
+# out of registers for bsilu, gelu, silu, mish and the code forward (220..1044 bytes of spills),
+# at 512 threads (16 warps) the 128 registers per thread left spill too; checked for sm_80 and
+# sm_90 by tests/test_triton_compiled.py.
 # The interpreter gets a single autotune config (nothing to benchmark, and CI time stays low).
 # ---------------------------------------------------------------------------------------------
 AUTOTUNE_CONFIGS = [
     triton.Config({"BLOCK_SIZE": block}, num_warps=warps)
     for block, warps in ((1024, 4), (2048, 4), (4096, 8), (8192, 8))
 ]
+AUTOTUNE_CONFIGS_64 = [
+    triton.Config({"BLOCK_SIZE": block}, num_warps=warps) for block, warps in ((1024, 4), (2048, 8))
+]
 INTERPRET_CONFIGS = [triton.Config({"BLOCK_SIZE": 2048}, num_warps=4)]
 CONFIGS = INTERPRET_CONFIGS if INTERPRET else AUTOTUNE_CONFIGS
+CONFIGS_64 = INTERPRET_CONFIGS if INTERPRET else AUTOTUNE_CONFIGS_64
 SMALL_BLOCK_SIZE = 1024  # launched with Triton's default num_warps=4 (= AUTOTUNE_CONFIGS[0])
 AUTOTUNE_MIN_ELEMENTS = 1 << 20
+
+
+def autotune(kernel, key: list[str]) -> tuple:
+    """kernel behind triton.autotune keyed on ``key``: (with CONFIGS, with CONFIGS_64), to be
+    indexed with ``dtype == torch.float64``."""
+    return tuple(triton.autotune(configs=c, key=key)(kernel) for c in (CONFIGS, CONFIGS_64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launches. Each launcher builds a Launch (``<kernel>_launch``: the kernel, its run-time arguments
+# and compile-time flags, the autotuner or the small block) and ``run`` starts it; everything a
+# launch can compile is in the Launch and ``launch_configs``, which tests/test_triton_compiled.py
+# compiles for real GPU targets from the same ``<kernel>_launch`` functions.
+# ---------------------------------------------------------------------------------------------
+class Launch(NamedTuple):
+    kernel: object  # the @triton.jit kernel
+    autotuned: object  # the same kernel behind triton.autotune (when ``autotune``)
+    args: tuple  # run-time arguments, in the kernel's order
+    flags: dict  # compile-time arguments, all but BLOCK_SIZE
+    autotune: bool  # True: through ``autotuned``; False: with BLOCK_SIZE = SMALL_BLOCK_SIZE
+    units: int  # the grid is cdiv(units, BLOCK_SIZE // per) programs
+    per: int
+
+
+def run(launch: Launch) -> None:
+    """Start the launch (under torch.compile: trace it, through wrap_triton)."""
+    kernel, autotuned, args, flags, autotune, units, per = launch
+    if autotune:
+        grid = lambda meta: (triton.cdiv(units, meta["BLOCK_SIZE"] // per),)  # noqa: E731
+        wrap_triton(autotuned)[grid](*args, **flags)
+    else:
+        grid = (triton.cdiv(units, SMALL_BLOCK_SIZE // per),)
+        wrap_triton(kernel)[grid](*args, **flags, BLOCK_SIZE=SMALL_BLOCK_SIZE)
+
+
+def launch_configs(launch: Launch) -> list[dict]:
+    """The keyword arguments that ``run`` adds to ``launch.flags``, one dict per kernel it can
+    compile: every autotune config (``Config.all_kwargs()``, as triton.autotune passes them), or
+    the small block with Triton's default options."""
+    if launch.autotune:
+        return [config.all_kwargs() for config in launch.autotuned.configs]
+    return [{"BLOCK_SIZE": SMALL_BLOCK_SIZE}]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,38 +246,70 @@ def grad_factor(x, alpha, SURROGATE: tl.constexpr, NEGATIVE_ONLY: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 # Forward: y = relu(x), bit-identical to torch.relu
 # ---------------------------------------------------------------------------------------------
+# Loads and stores of one block, whole (FULL: unmasked) or the tail (masked). The exact kernels run
+# their block body with FULL=True when the block lies inside the tensor and FULL=False for the last
+# one: the element count then never limits vectorisation (Triton vectorises a masked access only
+# when the count is a multiple of 16, one of its run-time specialisations), so with 16-byte-aligned
+# pointers every element access of a full block is 128-bit whatever the size. (The code kernels
+# stay masked: with the two copies ptxas spilled 4..8 bytes in some of their variants.)
+@triton.jit
+def _load(ptr, offsets, n, FULL: tl.constexpr):
+    if FULL:
+        return tl.load(ptr + offsets)
+    else:
+        return tl.load(ptr + offsets, mask=offsets < n, other=0)
+
+
+@triton.jit
+def _store(ptr, offsets, value, n, FULL: tl.constexpr):
+    if FULL:
+        tl.store(ptr + offsets, value)
+    else:
+        tl.store(ptr + offsets, value, mask=offsets < n)
+
+
 # Bytes per element: reads x, writes y (2 * element_size: 8 for float32, 4 for half/bfloat16).
+@triton.jit
+def _relu_forward_block(x_ptr, y_ptr, offsets, n_elements, FULL: tl.constexpr):
+    x = _load(x_ptr, offsets, n_elements, FULL)
+    # x < 0 ? 0 : x keeps -0.0 and NaN (with its payload), exactly like torch.relu.
+    _store(y_ptr, offsets, tl.where(x < 0, 0, x), n_elements, FULL)
+
+
 @triton.jit
 def relu_forward_kernel(x_ptr, y_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
     start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
     offsets = start + tl.arange(0, BLOCK_SIZE)
-    mask = offsets < n_elements
-    x = tl.load(x_ptr + offsets, mask=mask)
-    # x < 0 ? 0 : x keeps -0.0 and NaN (with its payload), exactly like torch.relu.
-    tl.store(y_ptr + offsets, tl.where(x < 0, 0, x), mask=mask)
+    if start + BLOCK_SIZE <= n_elements:
+        _relu_forward_block(x_ptr, y_ptr, offsets, n_elements, True)
+    else:
+        _relu_forward_block(x_ptr, y_ptr, offsets, n_elements, False)
 
 
-relu_forward_kernel_autotuned = triton.autotune(configs=CONFIGS, key=["n_elements"])(
-    relu_forward_kernel
-)
+relu_forward_autotuned = autotune(relu_forward_kernel, key=["n_elements"])
+
+
+def relu_forward_launch(x: torch.Tensor, y: torch.Tensor) -> Launch:
+    """y = relu(x) over x's flat dense storage (y: the same layout; y may be x)."""
+    n = x.numel()
+    return Launch(
+        relu_forward_kernel,
+        relu_forward_autotuned[x.dtype == torch.float64],
+        (x, y, n),
+        {},
+        n >= AUTOTUNE_MIN_ELEMENTS,
+        n,
+        1,
+    )
 
 
 def relu_forward(x: torch.Tensor) -> torch.Tensor:
     """Launch relu_forward_kernel on x (walked as flat dense storage); y has x's layout."""
     xd = _dense(x)
     y = torch.empty_like(xd)
-    n = xd.numel()
-    if n > 0 and _runs_kernels(xd):
-        if n >= AUTOTUNE_MIN_ELEMENTS:
-            wrap_triton(relu_forward_kernel_autotuned)[_grid(n)](xd, y, n)
-        else:
-            grid = (triton.cdiv(n, SMALL_BLOCK_SIZE),)
-            wrap_triton(relu_forward_kernel)[grid](xd, y, n, BLOCK_SIZE=SMALL_BLOCK_SIZE)
+    if xd.numel() > 0 and _runs_kernels(xd):
+        run(relu_forward_launch(xd, y))
     return y
-
-
-def _grid(n_elements: int):
-    return lambda meta: (triton.cdiv(n_elements, meta["BLOCK_SIZE"]),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +317,33 @@ def _grid(n_elements: int):
 # ---------------------------------------------------------------------------------------------
 # Bytes per element: reads grad_y and x, writes grad_x (3 * element_size: 12 for float32, 6 for
 # half/bfloat16, 24 for float64).
+@triton.jit
+def _relu_backward_block(
+    grad_y_ptr,
+    x_ptr,
+    grad_x_ptr,
+    offsets,
+    n_elements,
+    alpha_hi,
+    alpha_lo,
+    SURROGATE: tl.constexpr,
+    NEGATIVE_ONLY: tl.constexpr,
+    FULL: tl.constexpr,
+):
+    x = _load(x_ptr, offsets, n_elements, FULL)
+    g = _load(grad_y_ptr, offsets, n_elements, FULL)
+    if x.dtype == tl.float64:
+        # alpha = alpha_hi + alpha_lo (two float32 values, see _alpha_parts): exact to ~2^-48.
+        alpha = tl.cast(alpha_hi, tl.float64) + tl.cast(alpha_lo, tl.float64)
+    else:
+        # float32 opmath; alpha_hi is alpha rounded to float32, as in csrc (float(alpha)).
+        x = x.to(tl.float32)
+        g = g.to(tl.float32)
+        alpha = tl.cast(alpha_hi, tl.float32)
+    grad_x = g * grad_factor(x, alpha, SURROGATE, NEGATIVE_ONLY)
+    _store(grad_x_ptr, offsets, grad_x.to(grad_x_ptr.dtype.element_ty), n_elements, FULL)
+
+
 @triton.jit
 def relu_backward_kernel(
     grad_y_ptr,
@@ -245,24 +358,37 @@ def relu_backward_kernel(
 ):
     start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE  # 64-bit: > 2^31 elements
     offsets = start + tl.arange(0, BLOCK_SIZE)
-    mask = offsets < n_elements
-    x = tl.load(x_ptr + offsets, mask=mask)
-    g = tl.load(grad_y_ptr + offsets, mask=mask)
-    if x.dtype == tl.float64:
-        # alpha = alpha_hi + alpha_lo (two float32 values, see _alpha_parts): exact to ~2^-48.
-        alpha = tl.cast(alpha_hi, tl.float64) + tl.cast(alpha_lo, tl.float64)
+    if start + BLOCK_SIZE <= n_elements:
+        _relu_backward_block(grad_y_ptr, x_ptr, grad_x_ptr, offsets, n_elements, alpha_hi,
+                             alpha_lo, SURROGATE, NEGATIVE_ONLY, True)  # fmt: skip
     else:
-        # float32 opmath; alpha_hi is alpha rounded to float32, as in csrc (float(alpha)).
-        x = x.to(tl.float32)
-        g = g.to(tl.float32)
-        alpha = tl.cast(alpha_hi, tl.float32)
-    grad_x = g * grad_factor(x, alpha, SURROGATE, NEGATIVE_ONLY)
-    tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        _relu_backward_block(grad_y_ptr, x_ptr, grad_x_ptr, offsets, n_elements, alpha_hi,
+                             alpha_lo, SURROGATE, NEGATIVE_ONLY, False)  # fmt: skip
 
 
-relu_backward_kernel_autotuned = triton.autotune(configs=CONFIGS, key=["n_elements", "SURROGATE"])(
-    relu_backward_kernel
-)
+relu_backward_autotuned = autotune(relu_backward_kernel, key=["n_elements", "SURROGATE"])
+
+
+def relu_backward_launch(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    grad_x: torch.Tensor,
+    surrogate_id: int,
+    negative_only: bool,
+    alpha: float,
+) -> Launch:
+    """grad_x = grad_y * g(x) over flat dense storage (all three with the same strides)."""
+    n = x.numel()
+    alpha_hi, alpha_lo = _alpha_parts(alpha)
+    return Launch(
+        relu_backward_kernel,
+        relu_backward_autotuned[x.dtype == torch.float64],
+        (grad_y, x, grad_x, n, alpha_hi, alpha_lo),
+        {"SURROGATE": surrogate_id, "NEGATIVE_ONLY": negative_only},
+        n >= AUTOTUNE_MIN_ELEMENTS,
+        n,
+        1,
+    )
 
 
 def relu_backward(
@@ -274,16 +400,8 @@ def relu_backward(
     xd = _dense(x)
     gd = _laid_out_like(grad_y, xd)
     grad_x = torch.empty_like(xd)
-    n = xd.numel()
-    if n > 0 and _runs_kernels(xd):
-        alpha_hi, alpha_lo = _alpha_parts(alpha)
-        args = (gd, xd, grad_x, n, alpha_hi, alpha_lo)
-        flags = {"SURROGATE": surrogate_id, "NEGATIVE_ONLY": negative_only}
-        if n >= AUTOTUNE_MIN_ELEMENTS:
-            wrap_triton(relu_backward_kernel_autotuned)[_grid(n)](*args, **flags)
-        else:
-            grid = (triton.cdiv(n, SMALL_BLOCK_SIZE),)
-            wrap_triton(relu_backward_kernel)[grid](*args, **flags, BLOCK_SIZE=SMALL_BLOCK_SIZE)
+    if xd.numel() > 0 and _runs_kernels(xd):
+        run(relu_backward_launch(gd, xd, grad_x, surrogate_id, negative_only, alpha))
     return grad_x
 
 
