@@ -1,7 +1,18 @@
 // CPU kernels: at::vec SIMD over opmath values (float for half/bfloat16), at::parallel_for.
+//
+// This file is compiled twice on x86-64: as itself, with the build's base flags (AVX2, or none
+// elsewhere), into namespace sugar::base, which also holds the public entry points below that
+// pick an instruction set at run time; and #included by vec512_kernels.cpp with AVX-512 enabled,
+// into namespace sugar::avx512 (exact forward/backward only). at::vec's types live in a
+// per-capability inline namespace, so the two builds share no kernel symbol.
+#ifndef SUGAR_CPU_ISA
+#define SUGAR_CPU_ISA base
+#define SUGAR_CPU_DISPATCH 1  // this build also defines the entry points of sugar_kernels.h
+#endif
+
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
+#include <ATen/cpu/vec/functional.h>  // at::vec, and convert_to_float for half/bfloat16
 
 #include <algorithm>
 #include <cstring>
@@ -10,6 +21,10 @@
 #include <vector>
 
 #include "sugar_kernels.h"
+
+#ifdef SUGAR_CPU_DISPATCH
+#include <ATen/Version.h>  // at::get_cpu_capability
+#endif
 
 namespace sugar {
 
@@ -66,6 +81,8 @@ struct Math<at::vec::Vectorized<S>> {
   static V clamp(const V& x, const V& lo, const V& hi) { return at::vec::clamp(x, lo, hi); }
   static V select(const V& m, const V& a, const V& b) { return V::blendv(b, a, m); }
 };
+
+namespace SUGAR_CPU_ISA {
 
 namespace {
 
@@ -186,11 +203,12 @@ void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y_, const void* x
   });
 }
 
-// ---- Code modes ---------------------------------------------------------------------------------
+// ---- Code modes (base build only) --------------------------------------------------------------
 // Float opmath (float, half, bfloat16) runs 16 elements (two 8-lane vectors) per step with AVX2;
 // float64, tails shorter than a step and builds without AVX2 use the scalar encode_byte /
 // decode_byte of sugar_math.h. Codes are exactly codes.py's: interval_codes[#{t : t < x}] with
 // the comparison in float, NaN in interval 0, 8 / bits codes per byte from the low bits up.
+#ifdef SUGAR_CPU_DISPATCH
 #if defined(CPU_CAPABILITY_AVX2)
 #define SUGAR_CODES_AVX2 1
 #include <immintrin.h>
@@ -564,5 +582,65 @@ void relu_backward_codes_cpu(c10::ScalarType dtype, const void* grad_y_, const u
     });
   });
 }
+
+#endif  // SUGAR_CPU_DISPATCH (code modes)
+
+}  // namespace SUGAR_CPU_ISA
+
+#ifdef SUGAR_CPU_DISPATCH
+// ---- Entry points: the AVX-512 build where torch itself runs AVX-512 ---------------------------
+// torch's choice (at::get_cpu_capability) honours ATEN_CPU_CAPABILITY=default/avx2/avx512 and the
+// CPU's features; the CPU check below repeats the one that matters for safety.
+#ifdef SUGAR_CPU_AVX512
+namespace avx512 {
+void relu_forward_cpu(c10::ScalarType dtype, const void* x, void* y, int64_t n);
+void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y, const void* x, void* grad_x,
+                       int64_t n, const GradParams& params);
+}  // namespace avx512
+
+static bool use_avx512() {
+  static const bool yes = at::get_cpu_capability() == "AVX512" &&
+                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return yes;
+}
+#else
+static bool use_avx512() { return false; }
+#endif
+
+const char* cpu_capability() {
+#ifdef CPU_CAPABILITY_AVX2
+  constexpr const char* kBase = "AVX2";
+#else
+  constexpr const char* kBase = "DEFAULT";
+#endif
+  return use_avx512() ? "AVX512" : kBase;
+}
+
+void relu_forward_cpu(c10::ScalarType dtype, const void* x, void* y, int64_t n) {
+#ifdef SUGAR_CPU_AVX512
+  if (use_avx512()) return avx512::relu_forward_cpu(dtype, x, y, n);
+#endif
+  base::relu_forward_cpu(dtype, x, y, n);
+}
+
+void relu_backward_cpu(c10::ScalarType dtype, const void* grad_y, const void* x, void* grad_x,
+                       int64_t n, const GradParams& params) {
+#ifdef SUGAR_CPU_AVX512
+  if (use_avx512()) return avx512::relu_backward_cpu(dtype, grad_y, x, grad_x, n, params);
+#endif
+  base::relu_backward_cpu(dtype, grad_y, x, grad_x, n, params);
+}
+
+void relu_forward_codes_cpu(c10::ScalarType dtype, const void* x, void* y, uint8_t* codes,
+                            int64_t n, const CodeArgs& args) {
+  base::relu_forward_codes_cpu(dtype, x, y, codes, n, args);
+}
+
+void relu_backward_codes_cpu(c10::ScalarType dtype, const void* grad_y, const uint8_t* codes,
+                             const void* levels, void* grad_x, int64_t n, int bits) {
+  base::relu_backward_codes_cpu(dtype, grad_y, codes, levels, grad_x, n, bits);
+}
+#endif  // SUGAR_CPU_DISPATCH
 
 }  // namespace sugar
