@@ -87,8 +87,8 @@ if platform.machine() in ("x86_64", "AMD64") and os.environ.get("SUGAR_CPU_AVX2"
     cpu_capability = "AVX2"
     # A second build of the exact kernels for AVX-512, used where torch runs AVX-512 itself
     # (csrc/vec512_kernels.cpp; it enables the instruction set with a GCC pragma).
-    cxx = shutil.which(os.environ.get("CXX", "c++"))
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout if cxx else ""
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or "c++"
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     if os.environ.get("SUGAR_CPU_AVX512", "1") == "1" and "clang" not in version.lower():
         sources.append("csrc/vec512_kernels.cpp")
         cxx_flags.append("-DSUGAR_CPU_AVX512")
