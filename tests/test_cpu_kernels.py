@@ -6,6 +6,10 @@ The forward picks one of three code searches by table size and tensor size: in-r
 codes.py's codes, and y bit-identical to torch.relu.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +142,49 @@ def test_exact_forward_every_16bit_pattern(dtype):
     x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
     y = torch.ops.sugar.relu_forward(x, "bsilu", 1.67, "all")
     assert torch.equal(y.view(torch.int16), torch.where(x < 0, 0, x).view(torch.int16))
+
+
+_CAPABILITY_SCRIPT = """
+import sys, torch, sugar_kernels as sk
+assert torch.backends.cpu.get_cpu_capability() == "AVX2", torch.backends.cpu.get_cpu_capability()
+x, grad = torch.load(sys.argv[1])
+out = {}
+for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    xd, gd = x.to(dtype), grad.to(dtype)
+    out[str(dtype)] = torch.ops.sugar.relu_forward(xd, "bsilu", 1.67, "all")
+    for name, spec in sk.SURROGATES.items():
+        for region in ("all", "negative"):
+            out[str(dtype), name, region] = torch.ops.sugar.relu_backward(
+                gd, xd, name, spec.alpha or 0.0, region)
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_exact_kernels_identical_with_avx2_dispatch(tmp_path):
+    # The exact kernels are built for AVX2 and, on x86-64 with GCC, again for AVX-512, used where
+    # torch itself runs AVX-512. ATEN_CPU_CAPABILITY=avx2 makes torch (and so the kernels) use
+    # AVX2: every result must be bitwise the same as this process's (whichever it runs), so the
+    # accuracy tests of this process hold for both builds (AVX-512 used here where the machine has
+    # it, e.g. the AMD EPYC dev machines).
+    n = 3 * 32768 + 37  # several parallel tasks and a ragged tail
+    x = _input(n, torch.float32, seed=5)
+    grad = torch.randn(n, generator=torch.Generator().manual_seed(6))
+    torch.save((x, grad), tmp_path / "in.pt")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    script = [sys.executable, "-c", _CAPABILITY_SCRIPT, str(tmp_path / "in.pt")]
+    subprocess.run([*script, str(tmp_path / "out.pt")], env=env, check=True, timeout=300)
+    theirs = torch.load(tmp_path / "out.pt")
+    for key, expected in theirs.items():
+        dtype, *rest = key if isinstance(key, tuple) else (key,)
+        xd, gd = x.to(expected.dtype), grad.to(expected.dtype)
+        if rest:
+            name, region = rest
+            ours = torch.ops.sugar.relu_backward(
+                gd, xd, name, sk.SURROGATES[name].alpha or 0.0, region
+            )
+        else:
+            ours = torch.ops.sugar.relu_forward(xd, "bsilu", 1.67, "all")
+        # Bitwise, except a NaN's sign/payload (the compilers order commutative operands freely).
+        nan = ours.isnan()
+        assert torch.equal(nan, expected.isnan()), key
+        assert torch.equal(ours[~nan].view(torch.uint8), expected[~nan].view(torch.uint8)), key
