@@ -602,39 +602,47 @@ namespace {
 
 // Small tables (< 2^steps(bits) thresholds: bits 1 and 2, bits 4 of most surrogates, a few bits
 // 8 ones): a branch-free binary search for #{t < x} over the thresholds padded with +inf to
-// 2^kSteps entries, held in two registers (vpermi2ps picks one of 32 entries per lane), then the
-// interval's code by the same permute of the code table. kSteps is fixed per bits, so the search
-// unrolls into independent chains that overlap across elements. Probes stay below 2^kSteps - 1
-// and the result in [0, count] whatever the table holds; codes are masked to `bits` bits.
+// 2^kSteps entries. Step s adds 2^s where t[below + 2^s - 1] < x; the first step compares with
+// one threshold, the others read theirs from a table shifted by 2^s - 1 held in two registers
+// (vpermi2ps picks one of 32 entries per lane). The interval's code comes from the same permute
+// of the code table. kSteps is fixed per bits, so the search unrolls into independent chains that
+// overlap across elements. Indices stay in [0, 31] and the result in [0, count] whatever the
+// table holds; codes are masked to `bits` bits. (Larger tables: the base build's cell grid; its
+// AVX2 gathers beat AVX-512 ones on AMD Zen 4, 2.6 against 4.0 ms for 2^22 floats.)
 constexpr int binary_steps(int bits) { return bits == 1 ? 2 : bits == 2 ? 3 : 5; }
 
 template <int kBits>
 struct BinarySearch {
   static constexpr int kSteps = binary_steps(kBits);
-  __m512 t_lo, t_hi;   // thresholds 0..15 and 16..31
-  __m512i c_lo, c_hi;  // interval codes 0..15 and 16..31, as int32
+  __m512 first;                               // t[2^(kSteps-1) - 1]
+  __m512 t_lo[kSteps - 1], t_hi[kSteps - 1];  // [s]: t[i + 2^s - 1], i = 0..15 and 16..31
+  __m512i c_lo, c_hi;                         // interval codes 0..15 and 16..31, as int32
 
   BinarySearch(const float* t, const uint8_t* interval_codes, int count) {
+    auto threshold = [&](int i) {
+      return i < count ? t[i] : std::numeric_limits<float>::infinity();
+    };
     alignas(64) float tt[32];
     alignas(64) int32_t cc[32];
-    for (int i = 0; i < 32; ++i) {
-      tt[i] = i < count ? t[i] : std::numeric_limits<float>::infinity();
-      cc[i] = interval_codes[std::min(i, count)];
+    for (int s = 0; s < kSteps - 1; ++s) {
+      for (int i = 0; i < 32; ++i) tt[i] = threshold(i + (1 << s) - 1);
+      t_lo[s] = _mm512_load_ps(tt);
+      t_hi[s] = _mm512_load_ps(tt + 16);
     }
-    t_lo = _mm512_load_ps(tt);
-    t_hi = _mm512_load_ps(tt + 16);
+    first = _mm512_set1_ps(threshold((1 << (kSteps - 1)) - 1));
+    for (int i = 0; i < 32; ++i) cc[i] = interval_codes[std::min(i, count)];
     c_lo = _mm512_load_si512(cc);
     c_hi = _mm512_load_si512(cc + 16);
   }
 
   __m512i operator()(__m512 x) const {
-    __m512i below = _mm512_setzero_si512();
+    __m512i below = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(first, x, _CMP_LT_OQ),
+                                           _mm512_set1_epi32(1 << (kSteps - 1)));
 #pragma GCC unroll 8
-    for (int s = kSteps - 1; s >= 0; --s) {
-      const __m512i probe = _mm512_add_epi32(below, _mm512_set1_epi32((1 << s) - 1));
-      const __mmask16 less = _mm512_cmp_ps_mask(_mm512_permutex2var_ps(t_lo, probe, t_hi), x,
-                                                _CMP_LT_OQ);
-      below = _mm512_mask_add_epi32(below, less, below, _mm512_set1_epi32(1 << s));
+    for (int s = kSteps - 2; s >= 0; --s) {
+      const __m512 t = _mm512_permutex2var_ps(t_lo[s], below, t_hi[s]);
+      below = _mm512_mask_add_epi32(below, _mm512_cmp_ps_mask(t, x, _CMP_LT_OQ), below,
+                                    _mm512_set1_epi32(1 << s));
     }
     const __m512i code = _mm512_permutex2var_epi32(c_lo, below, c_hi);
     return _mm512_and_si512(code, _mm512_set1_epi32((1 << kBits) - 1));
