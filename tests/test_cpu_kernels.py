@@ -7,8 +7,11 @@ codes.py's codes, and y bit-identical to torch.relu.
 """
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +191,27 @@ def test_exact_kernels_identical_with_avx2_dispatch(tmp_path):
         nan = ours.isnan()
         assert torch.equal(nan, expected.isnan()), key
         assert torch.equal(ours[~nan].view(torch.uint8), expected[~nan].view(torch.uint8)), key
+
+
+@pytest.mark.skipif(
+    shutil.which("objdump") is None or "AVX512" not in sk.build_info()["cpu_capability"],
+    reason="needs objdump and the AVX-512 build",
+)
+def test_avx512_instructions_only_in_the_avx512_build():
+    # The AVX-512 kernels are the same source compiled again; an inline function of a shared
+    # header taken from that object for base-build callers would crash CPUs without AVX-512
+    # (setup.py links that object last to prevent it). No function outside sugar::avx512 may
+    # touch an AVX-512 register (zmm, mask, xmm/ymm 16-31).
+    path = next(Path(sk.__file__).parent.glob("_C*.so"))
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True
+    ).stdout
+    avx512 = re.compile(r"%zmm|%k[0-7]\b|%[xy]mm(1[6-9]|2[0-9]|3[01])\b")
+    offenders, users, function = set(), set(), ""
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line
+        elif avx512.search(line):
+            (users if "avx512" in function else offenders).add(function)
+    assert users, "no AVX-512 code found: the check itself is broken"
+    assert not offenders, sorted(offenders)[:5]
