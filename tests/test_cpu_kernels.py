@@ -2,8 +2,11 @@
 
 The forward picks one of three code searches by table size and tensor size: in-register groups
 (<= 64 thresholds), a per-call cell grid (larger tables on large tensors), the bucket search
-(otherwise); 16-element SIMD steps are followed by a scalar tail. Every path must give exactly
-codes.py's codes, and y bit-identical to torch.relu.
+(otherwise); 16-element SIMD steps are followed by a scalar tail. Where torch runs AVX-512, the
+AVX-512 build takes small tables (< 4 / 8 / 32 / 32 thresholds at bits 1 / 2 / 4 / 8) with a
+register binary search in 32-element chunks. Every path must give exactly codes.py's codes, and
+y bit-identical to torch.relu; the AVX2 paths are checked against the dispatched ones in a
+subprocess with ATEN_CPU_CAPABILITY=avx2.
 """
 
 import os
@@ -147,50 +150,64 @@ def test_exact_forward_every_16bit_pattern(dtype):
     assert torch.equal(y.view(torch.int16), torch.where(x < 0, 0, x).view(torch.int16))
 
 
-_CAPABILITY_SCRIPT = """
-import sys, torch, sugar_kernels as sk
+def _kernel_results(x, grad):
+    """Every exact kernel's result, and code-mode forwards of every search path, on x / grad."""
+    out = {}
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        xd, gd = x.to(dtype), grad.to(dtype)
+        out["forward", dtype] = torch.ops.sugar.relu_forward(xd, "bsilu", 1.67, "all")
+        for name, spec in sk.SURROGATES.items():
+            for region in ("all", "negative"):
+                out["backward", dtype, name, region] = torch.ops.sugar.relu_backward(
+                    gd, xd, name, spec.alpha or 0.0, region
+                )
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, region in (("bsilu", "all"),):  # tables of 1 to 371 thresholds
+            for bits in C.BITS:
+                levels, thresholds, interval_codes = C.tables(
+                    name, None, region, bits, "cpu", dtype
+                )
+                search = C.search_table(name, None, region, bits, "cpu", dtype)
+                y, packed = torch.ops.sugar.relu_forward_codes(
+                    x.to(dtype), levels, thresholds, interval_codes, search, bits
+                )
+                out["codes", dtype, name, region, bits] = packed
+                out["codes y", dtype, name, region, bits] = y
+    return out
+
+
+_AVX2_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+from test_cpu_kernels import _kernel_results
 assert torch.backends.cpu.get_cpu_capability() == "AVX2", torch.backends.cpu.get_cpu_capability()
-x, grad = torch.load(sys.argv[1])
-out = {}
-for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-    xd, gd = x.to(dtype), grad.to(dtype)
-    out[str(dtype)] = torch.ops.sugar.relu_forward(xd, "bsilu", 1.67, "all")
-    for name, spec in sk.SURROGATES.items():
-        for region in ("all", "negative"):
-            out[str(dtype), name, region] = torch.ops.sugar.relu_backward(
-                gd, xd, name, spec.alpha or 0.0, region)
-torch.save(out, sys.argv[2])
+torch.save(_kernel_results(*torch.load(sys.argv[1])), sys.argv[2])
 """
 
 
-def test_exact_kernels_identical_with_avx2_dispatch(tmp_path):
-    # The exact kernels are built for AVX2 and, on x86-64 with GCC, again for AVX-512, used where
-    # torch itself runs AVX-512. ATEN_CPU_CAPABILITY=avx2 makes torch (and so the kernels) use
-    # AVX2: every result must be bitwise the same as this process's (whichever it runs), so the
-    # accuracy tests of this process hold for both builds (AVX-512 used here where the machine has
-    # it, e.g. the AMD EPYC dev machines).
+def test_kernels_identical_with_avx2_dispatch(tmp_path):
+    # The exact kernels and the small-table code search are built for AVX2 and, on x86-64 with
+    # GCC, again for AVX-512, used where torch itself runs AVX-512 (e.g. the AMD EPYC dev
+    # machines). ATEN_CPU_CAPABILITY=avx2 makes torch (and so these kernels) use AVX2: every
+    # result must be bitwise the same as this process's (whichever it runs), so the accuracy
+    # tests of this process hold for both builds.
     n = 3 * 32768 + 37  # several parallel tasks and a ragged tail
     x = _input(n, torch.float32, seed=5)
     grad = torch.randn(n, generator=torch.Generator().manual_seed(6))
     torch.save((x, grad), tmp_path / "in.pt")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
-    script = [sys.executable, "-c", _CAPABILITY_SCRIPT, str(tmp_path / "in.pt")]
-    subprocess.run([*script, str(tmp_path / "out.pt")], env=env, check=True, timeout=300)
+    here = str(Path(__file__).parent)
+    script = [sys.executable, "-c", _AVX2_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
+    subprocess.run([*script, here], env=env, check=True, timeout=300)
     theirs = torch.load(tmp_path / "out.pt")
+    ours = _kernel_results(x, grad)
+    assert theirs.keys() == ours.keys()
     for key, expected in theirs.items():
-        dtype, *rest = key if isinstance(key, tuple) else (key,)
-        xd, gd = x.to(expected.dtype), grad.to(expected.dtype)
-        if rest:
-            name, region = rest
-            ours = torch.ops.sugar.relu_backward(
-                gd, xd, name, sk.SURROGATES[name].alpha or 0.0, region
-            )
-        else:
-            ours = torch.ops.sugar.relu_forward(xd, "bsilu", 1.67, "all")
         # Bitwise, except a NaN's sign/payload (the compilers order commutative operands freely).
-        nan = ours.isnan()
-        assert torch.equal(nan, expected.isnan()), key
-        assert torch.equal(ours[~nan].view(torch.uint8), expected[~nan].view(torch.uint8)), key
+        floating = expected.is_floating_point()
+        nan = expected.isnan() if floating else torch.zeros_like(expected, dtype=torch.bool)
+        assert torch.equal(ours[key].isnan() if floating else nan, nan), key
+        assert torch.equal(ours[key][~nan].view(torch.uint8), expected[~nan].view(torch.uint8)), key
 
 
 @pytest.mark.skipif(
