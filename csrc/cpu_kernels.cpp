@@ -3,8 +3,10 @@
 // This file is compiled twice on x86-64: as itself, with the build's base flags (AVX2, or none
 // elsewhere), into namespace sugar::base, which also holds the public entry points below that
 // pick an instruction set at run time; and #included by vec512_kernels.cpp with AVX-512 enabled,
-// into namespace sugar::avx512 (exact forward/backward only). at::vec's types live in a
-// per-capability inline namespace, so the two builds share no kernel symbol.
+// into namespace sugar::avx512 (exact forward/backward, and the code forward for small tables).
+// at::vec's types live in a per-capability inline namespace, so the two builds share no kernel
+// symbol. Both builds give the same bits (tests/test_cpu_kernels.py); ATEN_CPU_CAPABILITY=default
+// still runs the base (AVX2) build, as ops.cpp itself is compiled for AVX2.
 #ifndef SUGAR_CPU_ISA
 #define SUGAR_CPU_ISA base
 #define SUGAR_CPU_DISPATCH 1  // this build also defines the entry points of sugar_kernels.h

@@ -1,4 +1,4 @@
-// The AVX-512 build of the exact CPU kernels: cpu_kernels.cpp again, with AVX-512 code generation
+// The AVX-512 build of the CPU kernels: cpu_kernels.cpp again, with AVX-512 code generation
 // and at::vec's AVX-512 implementation, into namespace sugar::avx512 (called only after the
 // run-time check in cpu_kernels.cpp). setup.py adds this file on x86-64 with GCC.
 //
