@@ -4,7 +4,7 @@ torch are present. Environment:
   SUGAR_REQUIRE_CUDA=1   fail instead of building CPU-only when CUDA cannot be built
   SUGAR_NO_CUDA=1        build CPU-only even if CUDA is available
   SUGAR_CPU_AVX2=0       x86-64: build the CPU kernels without AVX2 (and without AVX-512)
-  SUGAR_CPU_AVX512=0     x86-64: skip the AVX-512 build of the exact CPU kernels
+  SUGAR_CPU_AVX512=0     x86-64: skip the AVX-512 build of the CPU kernels (GCC only)
   TORCH_CUDA_ARCH_LIST   CUDA architectures (default "8.0;9.0")
   CUDA_HOME              the CUDA toolkit (default: found from nvcc, following wrappers/links)
   MAX_JOBS               parallel compile jobs (ninja)
@@ -85,7 +85,7 @@ if platform.machine() in ("x86_64", "AMD64") and os.environ.get("SUGAR_CPU_AVX2"
     # at::vec picks its AVX2 implementation from these; every x86-64 CPU since 2013 has AVX2+FMA.
     cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     cpu_capability = "AVX2"
-    # A second build of the exact kernels for AVX-512, used where torch runs AVX-512 itself
+    # A second build of the CPU kernels for AVX-512, used where torch runs AVX-512 itself
     # (csrc/vec512_kernels.cpp; it enables the instruction set with a GCC pragma).
     cxx = shutil.which(os.environ.get("CXX", "c++")) or "c++"
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
