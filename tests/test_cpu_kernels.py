@@ -195,8 +195,9 @@ def test_kernels_identical_with_avx2_dispatch(tmp_path):
     x = _input(n, torch.float32, seed=5)
     grad = torch.randn(n, generator=torch.Generator().manual_seed(6))
     torch.save((x, grad), tmp_path / "in.pt")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
-    here = str(Path(__file__).parent)
+    root, here = str(Path(__file__).parents[1]), str(Path(__file__).parent)
+    path = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": path}
     script = [sys.executable, "-c", _AVX2_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
     subprocess.run([*script, here], env=env, check=True, timeout=300)
     theirs = torch.load(tmp_path / "out.pt")
