@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import START_LOAD
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 L2_FLUSH_BYTES = 256 * 1024 * 1024
@@ -296,10 +298,9 @@ def environment(device: str | torch.device) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- verdicts
 
-# Load average when this module was first imported: benchmark processes import it before they
-# time anything, so this is the load *other* processes put on the machine (a load read after the
-# benchmark ran would count the benchmark's own threads).
-START_LOAD: float | None = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+# START_LOAD (imported above): the load average when the benchmarks package was first imported,
+# before torch (benchmarks/__init__.py): the load *other* processes put on the machine (a load
+# read after torch's import or the benchmark itself would count this process's own work).
 VERDICTS = ("met", "missed", "inconclusive")
 
 

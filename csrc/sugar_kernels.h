@@ -29,6 +29,10 @@ void dispatch_float_types(c10::ScalarType dtype, const char* op, F&& f) {
   }
 }
 
+// The instruction set the CPU kernels run with: "AVX512", "AVX2" or "DEFAULT" (chosen at the
+// first call from torch's own choice, at::get_cpu_capability, and what was built).
+const char* cpu_capability();
+
 // y[i] = relu(x[i])
 void relu_forward_cpu(c10::ScalarType dtype, const void* x, void* y, int64_t n);
 // grad_x[i] = grad_y[i] * g(x[i])

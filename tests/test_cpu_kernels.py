@@ -2,9 +2,19 @@
 
 The forward picks one of three code searches by table size and tensor size: in-register groups
 (<= 64 thresholds), a per-call cell grid (larger tables on large tensors), the bucket search
-(otherwise); 16-element SIMD steps are followed by a scalar tail. Every path must give exactly
-codes.py's codes, and y bit-identical to torch.relu.
+(otherwise); 16-element SIMD steps are followed by a scalar tail. Where torch runs AVX-512, the
+AVX-512 build takes small tables (< 4 / 8 / 32 / 32 thresholds at bits 1 / 2 / 4 / 8) with a
+register binary search in 32-element chunks. Every path must give exactly codes.py's codes, and
+y bit-identical to torch.relu; the AVX2 paths are checked against the dispatched ones in a
+subprocess with ATEN_CPU_CAPABILITY=avx2.
 """
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +148,88 @@ def test_exact_forward_every_16bit_pattern(dtype):
     x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
     y = torch.ops.sugar.relu_forward(x, "bsilu", 1.67, "all")
     assert torch.equal(y.view(torch.int16), torch.where(x < 0, 0, x).view(torch.int16))
+
+
+def _kernel_results(x, grad):
+    """Every exact kernel's result, and code-mode forwards of every search path, on x / grad."""
+    out = {}
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        xd, gd = x.to(dtype), grad.to(dtype)
+        out["forward", dtype] = torch.ops.sugar.relu_forward(xd, "bsilu", 1.67, "all")
+        for name, spec in sk.SURROGATES.items():
+            for region in ("all", "negative"):
+                out["backward", dtype, name, region] = torch.ops.sugar.relu_backward(
+                    gd, xd, name, spec.alpha or 0.0, region
+                )
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, region in (("bsilu", "all"),):  # tables of 1 to 371 thresholds
+            for bits in C.BITS:
+                levels, thresholds, interval_codes = C.tables(
+                    name, None, region, bits, "cpu", dtype
+                )
+                search = C.search_table(name, None, region, bits, "cpu", dtype)
+                y, packed = torch.ops.sugar.relu_forward_codes(
+                    x.to(dtype), levels, thresholds, interval_codes, search, bits
+                )
+                out["codes", dtype, name, region, bits] = packed
+                out["codes y", dtype, name, region, bits] = y
+    return out
+
+
+_AVX2_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+from test_cpu_kernels import _kernel_results
+assert torch.backends.cpu.get_cpu_capability() == "AVX2", torch.backends.cpu.get_cpu_capability()
+torch.save(_kernel_results(*torch.load(sys.argv[1])), sys.argv[2])
+"""
+
+
+def test_kernels_identical_with_avx2_dispatch(tmp_path):
+    # The exact kernels and the small-table code search are built for AVX2 and, on x86-64 with
+    # GCC, again for AVX-512, used where torch itself runs AVX-512 (e.g. the AMD EPYC dev
+    # machines). ATEN_CPU_CAPABILITY=avx2 makes torch (and so these kernels) use AVX2: every
+    # result must be bitwise the same as this process's (whichever it runs), so the accuracy
+    # tests of this process hold for both builds.
+    n = 3 * 32768 + 37  # several parallel tasks and a ragged tail
+    x = _input(n, torch.float32, seed=5)
+    grad = torch.randn(n, generator=torch.Generator().manual_seed(6))
+    torch.save((x, grad), tmp_path / "in.pt")
+    root, here = str(Path(__file__).parents[1]), str(Path(__file__).parent)
+    path = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": path}
+    script = [sys.executable, "-c", _AVX2_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
+    subprocess.run([*script, here], env=env, check=True, timeout=300)
+    theirs = torch.load(tmp_path / "out.pt")
+    ours = _kernel_results(x, grad)
+    assert theirs.keys() == ours.keys()
+    for key, expected in theirs.items():
+        # Bitwise, except a NaN's sign/payload (the compilers order commutative operands freely).
+        floating = expected.is_floating_point()
+        nan = expected.isnan() if floating else torch.zeros_like(expected, dtype=torch.bool)
+        assert torch.equal(ours[key].isnan() if floating else nan, nan), key
+        assert torch.equal(ours[key][~nan].view(torch.uint8), expected[~nan].view(torch.uint8)), key
+
+
+@pytest.mark.skipif(
+    shutil.which("objdump") is None or "AVX512" not in sk.build_info()["cpu_capability"],
+    reason="needs objdump and the AVX-512 build",
+)
+def test_avx512_instructions_only_in_the_avx512_build():
+    # The AVX-512 kernels are the same source compiled again; an inline function of a shared
+    # header taken from that object for base-build callers would crash CPUs without AVX-512
+    # (setup.py links that object last to prevent it). No function outside sugar::avx512 may
+    # touch an AVX-512 register (zmm, mask, xmm/ymm 16-31).
+    path = next(Path(sk.__file__).parent.glob("_C*.so"))
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True
+    ).stdout
+    avx512 = re.compile(r"%zmm|%k[0-7]\b|%[xy]mm(1[6-9]|2[0-9]|3[01])\b")
+    offenders, users, function = set(), set(), ""
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line
+        elif avx512.search(line):
+            (users if "avx512" in function else offenders).add(function)
+    assert users, "no AVX-512 code found: the check itself is broken"
+    assert not offenders, sorted(offenders)[:5]
