@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -294,7 +296,7 @@ struct RegisterSearch {
 };
 
 // Larger tables (bits = 8): a uniform grid of C cells over [t[0], t[last]] fine enough that
-// no two thresholds share a cell, built per call. cell() is monotone in x (every float step of
+// no two thresholds share a cell (cached per table, below). cell() is monotone in x (every float step of
 // it is), so every threshold in a lower cell is < x and every one in a higher cell is > x:
 // #{t < x} = below[cell] + (t_cell < x), two independent table loads (no search chain).
 // The host computes each threshold's cell with the same float operations as the kernel, so
@@ -311,11 +313,11 @@ struct CellSearch {
     return std::min(std::max(u, 0.f), last);  // NaN -> 0 as _mm256_max_ps(u, 0) does
   }
 
-  // Builds the coarsest grid that separates the thresholds, of at most max_cells (and
-  // kMaxCells) cells; false if there is none.
-  bool build(const float* t, const uint8_t* interval_codes, int count, int64_t max_cells) {
+  // Builds the coarsest grid that separates the thresholds, of at most kMaxCells cells; false
+  // if there is none.
+  bool build(const float* t, const uint8_t* interval_codes, int count) {
     const float span = count ? t[count - 1] - t[0] : 0.f;
-    for (int cells = kMinCells; cells <= std::min<int64_t>(kMaxCells, max_cells); cells *= 2) {
+    for (int cells = kMinCells; cells <= kMaxCells; cells *= 2) {
       lo = count ? t[0] : 0.f;
       scale = span > 0.f ? float(cells) / span : 0.f;
       last = float(cells - 1);
@@ -359,6 +361,47 @@ struct CellSearch {
     return _mm256_and_si256(pick, _mm256_set1_epi32(0xFF));
   }
 };
+
+// Grids are built once per table, not per call (a 1024+-cell build would dominate small calls),
+// and found again by content: a lookup compares the whole thresholds and interval codes
+// (~0.1 us for 371 thresholds), so a modified or reused table never meets a stale grid. A few
+// entries, one per configuration in use; the oldest is dropped. Thread-safe.
+class CellSearchCache {
+ public:
+  // The grid for this table, or nullptr when no grid of at most kMaxCells cells separates it.
+  std::shared_ptr<const CellSearch> find_or_build(const float* t, const uint8_t* interval_codes,
+                                                  int count) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (const Entry& e : entries_) {
+      if (e.thresholds.size() == static_cast<size_t>(count) &&
+          std::memcmp(e.thresholds.data(), t, count * sizeof(float)) == 0 &&
+          std::memcmp(e.interval_codes.data(), interval_codes, count + 1) == 0) {
+        return e.grid;
+      }
+    }
+    auto grid = std::make_shared<CellSearch>();
+    if (!grid->build(t, interval_codes, count)) grid.reset();
+    if (entries_.size() == kEntries) entries_.erase(entries_.begin());
+    entries_.push_back({std::vector<float>(t, t + count),
+                        std::vector<uint8_t>(interval_codes, interval_codes + count + 1), grid});
+    return grid;
+  }
+
+ private:
+  static constexpr size_t kEntries = 16;
+  struct Entry {
+    std::vector<float> thresholds;
+    std::vector<uint8_t> interval_codes;
+    std::shared_ptr<const CellSearch> grid;
+  };
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+CellSearchCache& cell_search_cache() {
+  static CellSearchCache cache;
+  return cache;
+}
 
 // Fallback (tables no affordable grid separates): interval_of() of sugar_math.h per lane, the
 // bucket's first candidate, `scan` comparisons, the code. Indices are clamped into the tables.
@@ -519,11 +562,11 @@ int64_t encode_simd(const scalar_t* x, scalar_t* y, uint8_t* codes, int64_t n,
       default: return run(std::integral_constant<int, 8>{}, search);
     }
   };
-  CellSearch cells;
+  std::shared_ptr<const CellSearch> cells;
   if (count <= kRegisterMaxThresholds) {
     with_bits(RegisterSearch(t, args.interval_codes, count, args.bits));
-  } else if (cells.build(t, args.interval_codes, count, n / 16)) {  // build cost << n
-    with_bits(cells);
+  } else if ((cells = cell_search_cache().find_or_build(t, args.interval_codes, count))) {
+    with_bits(*cells);
   } else {
     int32_t codes32[kMaxIntervals];
     for (int i = 0; i <= count; ++i) codes32[i] = args.interval_codes[i];

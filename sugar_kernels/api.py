@@ -300,7 +300,8 @@ def build_info() -> dict:
         compiled = _ops._C.build_info()
         archs = compiled.pop("cuda_archs_str")
         info["cuda_archs"] = [a for a in archs.replace(",", ";").split(";") if a]
-        info["cpu_capability"] = compiled["cpu_capability"]
+        info["cpu_capability"] = compiled["cpu_capability"]  # built: "AVX2+AVX512", ...
+        info["cpu_dispatch"] = compiled["cpu_dispatch"]  # run on this CPU: "AVX512", ...
         info["built_with_torch"] = compiled["built_with_torch"]
     try:
         import triton

@@ -1,12 +1,12 @@
 """The CPU kernels' fast paths for code modes, each against the reference (codes.py).
 
-The forward picks one of three code searches by table size and tensor size: in-register groups
-(<= 64 thresholds), a per-call cell grid (larger tables on large tensors), the bucket search
-(otherwise); 16-element SIMD steps are followed by a scalar tail. Where torch runs AVX-512, the
-AVX-512 build takes small tables (< 4 / 8 / 32 / 32 thresholds at bits 1 / 2 / 4 / 8) with a
-register binary search in 32-element chunks. Every path must give exactly codes.py's codes, and
-y bit-identical to torch.relu; the AVX2 paths are checked against the dispatched ones in a
-subprocess with ATEN_CPU_CAPABILITY=avx2.
+The forward picks one of three code searches by table size: in-register groups (<= 64
+thresholds), a cell grid (larger tables; built once per table content and cached), the bucket
+search (tables no grid of <= 65536 cells separates); 16-element SIMD steps are followed by a
+scalar tail. Where torch runs AVX-512, the AVX-512 build takes small tables (< 4 / 8 / 32 / 32
+thresholds at bits 1 / 2 / 4 / 8) with a register binary search in 32-element chunks. Every
+path must give exactly codes.py's codes, and y bit-identical to torch.relu; the AVX2 paths are
+checked against the dispatched ones in a subprocess with ATEN_CPU_CAPABILITY=avx2.
 """
 
 import os
@@ -53,8 +53,8 @@ def _check_forward(x, thresholds, interval_codes, search, bits, levels=None):
 
 
 # (surrogate, region, bits, n): register search (bits 1/2/4) with tails of every length mod the
-# step; bits 8 on small tensors (bucket search) and large ones (cell grid: bsilu needs ~2k
-# cells, selu "all" the finest grid, 65536 cells, so > 2^20 elements).
+# step; bits 8 through the cell grid (bsilu needs ~2k cells, selu "all" the finest grid, 65536
+# cells) on small tensors and on large ones (several parallel chunks).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "name,region,bits,n",
@@ -108,6 +108,23 @@ def test_table_no_grid_separates_uses_exact_fallback():
     x = _input((1 << 20) + 1, torch.float32)
     x[100:200] = t[49] + torch.rand(100) * 2.0**-20  # right between the two close thresholds
     _check_forward(x, t, interval_codes, _search_for(t), 8)
+
+
+def test_cell_grid_cache_follows_table_content():
+    # The bits=8 grid is cached by table content: tables rewritten in place (same storage) and
+    # more tables than the cache holds still give exactly the reference codes.
+    g = torch.Generator().manual_seed(0)
+    t = torch.linspace(-50, 50, 100, dtype=torch.float32)
+    interval_codes = torch.randint(0, 256, (101,), generator=g, dtype=torch.uint8)
+    search = _search_for(t)
+    x = _input(3000, torch.float32) * 10
+    for step in range(20):
+        t.mul_(0.9).add_(0.5)  # still sorted, every threshold moved
+        interval_codes.copy_(torch.randint(0, 256, (101,), generator=g, dtype=torch.uint8))
+        search.copy_(_search_for(t))
+        _check_forward(x, t, interval_codes, search, 8)
+        if step % 7 == 0:  # the same content in other storage: the cached grid is reused
+            _check_forward(x, t.clone(), interval_codes.clone(), search.clone(), 8)
 
 
 @pytest.mark.parametrize("bits", C.BITS)
