@@ -131,10 +131,10 @@ def markdown(records: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer samples (~1 min)")
+    ap.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    records = rows((1, 2), SIZES, samples=15 if args.quick else 41)
+    records = rows((1, 2), SIZES, samples=21 if args.quick else 61)
     args.results.mkdir(parents=True, exist_ok=True)
     with open(args.results / "overhead.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))

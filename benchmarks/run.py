@@ -103,6 +103,13 @@ def cli_steps(results: Path) -> list[CliStep]:
             ["--quick", "--results", str(results)],
             timeout_s=600.0,
         ),
+        CliStep(
+            "overhead",
+            "Per-call cost on small tensors: SugarReLU against nn.ReLU",
+            "benchmarks.overhead",
+            ["--quick", "--results", str(results)],
+            timeout_s=300.0,
+        ),
     ]
 
 
