@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import statistics
 import time
 from pathlib import Path
@@ -60,13 +61,17 @@ def sample(fn, batch: int) -> float:
 
 
 def measure(ours, theirs, samples: int, batch: int) -> tuple[list[float], list[float]]:
-    for fn in (ours, theirs) * 3:  # warm-up: allocator, tables, code paths
-        fn()
+    for fn in (ours, theirs):  # warm-up: allocator, tables, code paths
+        sample(fn, batch)
     a, b = [], []
-    for i in range(samples):
-        pairs = ((ours, a), (theirs, b)) if i % 2 == 0 else ((theirs, b), (ours, a))
-        for fn, out in pairs:
-            out.append(sample(fn, batch))
+    gc.disable()  # a collection inside one sample would be charged to whichever module ran
+    try:
+        for i in range(samples):
+            pairs = ((ours, a), (theirs, b)) if i % 2 == 0 else ((theirs, b), (ours, a))
+            for fn, out in pairs:
+                out.append(sample(fn, batch))
+    finally:
+        gc.enable()
     return a, b
 
 
@@ -124,7 +129,7 @@ def markdown(records: list[dict]) -> str:
     lines += [
         "",
         f"met: {counts['met']}, missed: {counts['missed']}, inconclusive: "
-        f"{counts['inconclusive']} (of {len(records)} rows). {machine_load_note()}",
+        f"{counts['inconclusive']} (of {len(records)} rows). {machine_load_note() or ''}",
     ]
     return "\n".join(lines)
 
