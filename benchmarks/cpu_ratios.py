@@ -44,6 +44,7 @@ import sugar_kernels as sk
 from sugar_kernels import codes
 from sugar_kernels.surrogates import resolve
 
+from . import START_LOAD
 from .common import verdict
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -243,7 +244,8 @@ def header() -> str:
     return (
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__} "
         f"(kernels: {torch.backends.cpu.get_cpu_capability()}); sugar-kernels CPU build: "
-        f"{info.get('cpu_capability', '?')}; load average at start {os.getloadavg()[0]:.2f}"
+        f"{info.get('cpu_capability', '?')} (runs {info.get('cpu_dispatch', '?')}); load average "
+        f"at start {START_LOAD:.2f}"
     )
 
 

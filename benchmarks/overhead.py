@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import os
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ from torch import nn
 
 import sugar_kernels as sk
 
-from .common import machine_load_note, verdict
+from . import START_LOAD
+from .common import cpu_name, git_commit, machine_load_note, utc_now, verdict
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 TARGET = 1.5
@@ -145,6 +147,10 @@ def main(argv=None) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}; commit "
+        f"{git_commit()}; {utc_now()}; load average at start {START_LOAD:.2f}\n"
+    )
     print(markdown(records))
     return records
 
