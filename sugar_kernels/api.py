@@ -142,35 +142,30 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
             return _ops._C.relu_forward(x, surrogate, alpha, region)
         return torch.ops.sugar.relu_forward.default(x, surrogate, alpha, region)
 
-    key = (surrogate, table_alpha, region, bits, x.device, x.dtype)
-    levels, thresholds, interval_codes, search = kernel_tables(*key)
+    tables = kernel_tables(surrogate, table_alpha, region, bits, x.device, x.dtype)
+    if backend in _COMPILED_KEY:
+        ops = _ops._C if direct else torch.ops.sugar  # the same names in both
+        if inplace and not fused:  # the op's autograd (C++) marks x modified
+            ops.relu_forward_codes_(x, *tables, bits)
+            return x
+        y = ops.relu_forward_codes(x, *tables, bits)[0]
+        # Under torch.compile the in-place form is the functional op plus a copy into x: Inductor
+        # fuses both and reuses x's buffer, and the partitioner sees plain data flow, so it saves
+        # the codes (or recomputes them from an x it keeps anyway) rather than x and y.
+        return x.copy_(y) if inplace else y
     if backend == "reference":
-        forward_op, forward_inplace_op, backward_op = (
+        forward, forward_, backward = (
             ReferenceCodes.apply,
             _reference_forward_codes_,
             reference_backward_codes,
         )
-    elif backend == "triton":
-        forward_op, forward_inplace_op, backward_op = triton_kernels.code_ops()
     else:
-        forward_op, forward_inplace_op, backward_op = (
-            _ops._C.relu_forward_codes if direct else torch.ops.sugar.relu_forward_codes.default,
-            _ops._C.relu_forward_codes_ if direct else torch.ops.sugar.relu_forward_codes_.default,
-            torch.ops.sugar.relu_backward_codes.default,
-        )
+        forward, forward_, backward = triton_kernels.code_ops()
     if inplace and fused:
-        # Under torch.compile the in-place form is the functional op plus a copy into x: Inductor
-        # fuses both and reuses x's buffer, and the partitioner sees plain data flow, so it saves
-        # the codes (or recomputes them from an x it keeps anyway) rather than x and y.
-        return x.copy_(forward_op(x, levels, thresholds, interval_codes, search, bits)[0])
-    if inplace and backend in _COMPILED_KEY:  # the op's autograd (C++) marks x modified
-        forward_inplace_op(x, levels, thresholds, interval_codes, search, bits)
-        return x
+        return x.copy_(forward(x, *tables, bits)[0])
     if inplace:
-        return InplaceCodes.apply(
-            x, levels, thresholds, interval_codes, search, bits, forward_inplace_op, backward_op
-        )[0]
-    return forward_op(x, levels, thresholds, interval_codes, search, bits)[0]
+        return InplaceCodes.apply(x, *tables, bits, forward_, backward)[0]
+    return forward(x, *tables, bits)[0]
 
 
 class SugarReLU(nn.Module):
