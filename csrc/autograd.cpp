@@ -93,7 +93,8 @@ struct ReluBackward : torch::autograd::Function<ReluBackward> {
       grad_grad_y = handles::relu_backward().call(grad_grad_x, x, p.surrogate, p.alpha, p.region);
     }
     if (ctx->needs_input_grad(1)) {  // g'(x) is made of stock ops, with autograd inside
-      const at::Tensor d2 = handles::grad_factor_derivative().call(x, p.surrogate, p.alpha, p.region);
+      const at::Tensor d2 =
+          handles::grad_factor_derivative().call(x, p.surrogate, p.alpha, p.region);
       grad_x = grad_grad_x.to(d2.scalar_type())
                    .mul(grad_y.to(d2.scalar_type()))
                    .mul(d2)
@@ -125,7 +126,9 @@ struct ReluForwardCodes : torch::autograd::Function<ReluForwardCodes> {
     const variable_list saved = ctx->get_saved_variables();
     const int64_t bits = ctx->saved_data["bits"].toInt();
     const BelowAutogradUnlessRecording below;
-    return {handles::relu_backward_codes().call(grads[0], saved[0], saved[1], bits), {}, {}, {}, {}, {}};
+    const at::Tensor grad_x =
+        handles::relu_backward_codes().call(grads[0], saved[0], saved[1], bits);
+    return {grad_x, {}, {}, {}, {}, {}};
   }
 };
 
@@ -175,8 +178,8 @@ struct ReluBackwardCodes : torch::autograd::Function<ReluBackwardCodes> {
     at::Tensor grad_grad_y;
     const BelowAutogradUnlessRecording below;
     if (ctx->needs_input_grad(0)) {
-      grad_grad_y =
-          handles::relu_backward_codes().call(grads[0], saved[0], saved[1], ctx->saved_data["bits"].toInt());
+      const int64_t bits = ctx->saved_data["bits"].toInt();
+      grad_grad_y = handles::relu_backward_codes().call(grads[0], saved[0], saved[1], bits);
     }
     return {grad_grad_y, {}, {}, {}};
   }

@@ -47,9 +47,9 @@ std::tuple<at::Tensor, at::Tensor> relu_forward_codes(const at::Tensor& x,
                                                    bits);
 }
 
-at::Tensor relu_forward_codes_(at::Tensor& x, const at::Tensor& levels, const at::Tensor& thresholds,
-                               const at::Tensor& interval_codes, const at::Tensor& search,
-                               int64_t bits) {
+at::Tensor relu_forward_codes_(at::Tensor& x, const at::Tensor& levels,
+                               const at::Tensor& thresholds, const at::Tensor& interval_codes,
+                               const at::Tensor& search, int64_t bits) {
   return sugar::handles::relu_forward_codes_().call(x, levels, thresholds, interval_codes, search,
                                                     bits);
 }

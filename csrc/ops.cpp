@@ -181,7 +181,8 @@ void check_table_values(const at::Tensor& thresholds, const at::Tensor& interval
     // t[i] <= t[i + 1] is false when either is NaN, so only t[0] needs its own NaN check.
     int64_t bad = m > 0 && std::isnan(t[0]) ? 0 : -1;
     if (bad < 0 && m > 1) {
-      const int64_t after = first_bad(t + 1, m - 1, [t](scalar_t v, int64_t i) { return t[i] <= v; });
+      const int64_t after =
+          first_bad(t + 1, m - 1, [t](scalar_t v, int64_t i) { return t[i] <= v; });
       bad = after < 0 ? -1 : after + 1;
     }
     TORCH_CHECK(bad < 0, op, ": thresholds must be sorted and not NaN, got thresholds[", bad,
