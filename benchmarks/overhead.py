@@ -17,6 +17,7 @@ import csv
 import gc
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def rows(threads_list, sizes, samples: int) -> list[dict]:
                         "verdict": verdict(ours, theirs, TARGET),
                     }
                 )
-                print(f"  {name}, {threads} thread(s), 2^{n.bit_length() - 1}", flush=True)
+                print(f"  {name}, {threads} thread(s), 2^{n.bit_length() - 1}", file=sys.stderr)
     return out
 
 
