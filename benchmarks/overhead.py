@@ -27,7 +27,7 @@ from torch import nn
 import sugar_kernels as sk
 
 from . import START_LOAD
-from .common import cpu_name, git_commit, machine_load_note, utc_now, verdict
+from .common import cpu_name, git_commit, machine_load_note, markdown_table, utc_now, verdict
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 TARGET = 1.5
@@ -115,19 +115,32 @@ def rows(threads_list, sizes, samples: int) -> list[dict]:
 
 
 def markdown(records: list[dict]) -> str:
-    lines = [
-        "| SugarReLU config | threads | elements | ours min / median us | nn.ReLU min / median us"
-        " | ratio (min) | ratio (median) | ratio p20-p80 range | verdict (<= 1.5x) |",
-        "|---|---|---|---|---|---|---|---|---|",
+    headers = [
+        "SugarReLU config",
+        "threads",
+        "elements",
+        "ours min / median us",
+        "nn.ReLU min / median us",
+        "ratio (min)",
+        "ratio (median)",
+        "ratio p20-p80 range",
+        "verdict (<= 1.5x)",
     ]
-    for r in records:
-        lines.append(
-            f"| {r['config']} | {r['threads']} | 2^{r['numel'].bit_length() - 1} "
-            f"| {r['ours_min_us']:.1f} / {r['ours_median_us']:.1f} "
-            f"| {r['relu_min_us']:.1f} / {r['relu_median_us']:.1f} "
-            f"| {r['ratio_min']:.2f} | {r['ratio_median']:.2f} | {r['ratio_p20_p80']} "
-            f"| {r['verdict']} |"
-        )
+    rows = [
+        [
+            r["config"],
+            r["threads"],
+            f"2^{r['numel'].bit_length() - 1}",
+            f"{r['ours_min_us']:.1f} / {r['ours_median_us']:.1f}",
+            f"{r['relu_min_us']:.1f} / {r['relu_median_us']:.1f}",
+            f"{r['ratio_min']:.2f}",
+            f"{r['ratio_median']:.2f}",
+            r["ratio_p20_p80"],
+            r["verdict"],
+        ]
+        for r in records
+    ]
+    lines = [markdown_table(headers, rows, align="l" * len(headers))]
     counts = {v: sum(r["verdict"] == v for r in records) for v in ("met", "missed", "inconclusive")}
     lines += [
         "",

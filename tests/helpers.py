@@ -11,12 +11,27 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import pytest
 import torch
 
 import sugar_kernels as sk
 from sugar_kernels.surrogates import grad_factor
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# "cpu", and "cuda" where a GPU and the compiled CUDA kernels are there (else skipped, marked cuda).
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(
+                not sk.build_info()["cuda_compiled"] or not torch.cuda.is_available(),
+                reason="needs a CUDA GPU and the compiled CUDA kernels",
+            ),
+        ],
+    ),
+]
 INT_VIEW = {
     torch.float64: torch.int64,
     torch.float32: torch.int32,

@@ -15,20 +15,11 @@ import sys
 
 import pytest
 import torch
+from helpers import DEVICES
 
 import sugar_kernels as sk  # noqa: F401  (registers the ops)
 from sugar_kernels import codes
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU available"),
-        ],
-    ),
-]
 FORWARD_OPS = ["relu_forward_codes", "relu_forward_codes_"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import (
+    DEVICES,
     DTYPES,
     assert_bitwise_equal,
     assert_grad_close,
@@ -109,21 +110,6 @@ def _compiled_ops(x32, xbf, gy32, gybf):
             y, codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, search, bits)
             out += [y, codes, torch.ops.sugar.relu_backward_codes(gy, codes, levels, bits)]
     return out
-
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(
-                not sk.build_info()["cuda_compiled"] or not torch.cuda.is_available(),
-                reason="needs a CUDA GPU and the compiled CUDA kernels",
-            ),
-        ],
-    ),
-]
 
 
 @pytest.mark.parametrize("device", DEVICES)
