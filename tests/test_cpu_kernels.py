@@ -3,8 +3,9 @@
 The forward picks one of three code searches by table size: in-register groups (<= 64
 thresholds), a cell grid (larger tables; built once per table content and cached), the bucket
 search (tables no grid of <= 65536 cells separates); 16-element SIMD steps are followed by a
-scalar tail. Where torch runs AVX-512, the AVX-512 build takes small tables (< 4 / 8 / 32 / 32
-thresholds at bits 1 / 2 / 4 / 8) with a register binary search in 32-element chunks. Every
+scalar tail. Where torch runs AVX-512, the AVX-512 build runs 32-element chunks: one threshold
+(every bits=1 table) by a compare, small tables (< 8 / 32 / 32 thresholds at bits 2 / 4 / 8) by a
+register binary search, larger ones through the same cell grid with 8-lane gathers. Every
 path must give exactly codes.py's codes, and y bit-identical to torch.relu; the AVX2 paths are
 checked against the dispatched ones in a subprocess with ATEN_CPU_CAPABILITY=avx2.
 """
