@@ -169,7 +169,7 @@ def test_exact_forward_every_16bit_pattern(dtype):
 
 
 def _kernel_results(x, grad):
-    """Every exact kernel's result, and code-mode forwards of every search path, on x / grad."""
+    """Every exact kernel's result, code-mode forwards of every search path and their backwards."""
     out = {}
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         xd, gd = x.to(dtype), grad.to(dtype)
@@ -191,6 +191,9 @@ def _kernel_results(x, grad):
                 )
                 out["codes", dtype, name, region, bits] = packed
                 out["codes y", dtype, name, region, bits] = y
+                out["decode", dtype, name, region, bits] = torch.ops.sugar.relu_backward_codes(
+                    grad.to(dtype), packed, levels, bits
+                )
     return out
 
 
