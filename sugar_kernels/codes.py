@@ -17,6 +17,7 @@ backward computes ``grad_y * levels[code]``. How codes are chosen:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ def check_bits(bits) -> int:
 
 
 def _g(x: np.ndarray, surrogate: str, alpha: float, region: str) -> np.ndarray:
-    return grad_factor(torch.from_numpy(x), surrogate, alpha, region).numpy()
+    with _real_tensors():  # quantizer() may first run inside a transform or a tracing mode
+        return grad_factor(torch.from_numpy(x), surrogate, alpha, region).numpy()
 
 
 def _lloyd_max(values, weights, k, fixed_one):
@@ -208,12 +210,15 @@ def tables(
     return _TABLES[key]
 
 
+@contextlib.contextmanager
 def _real_tensors():
-    """Build cached tables as real tensors even while tracing (torch.export's FakeTensorMode);
-    a fake tensor in the cache would break every later eager call."""
+    """Build cached tables as real tensors even while tracing (torch.export's FakeTensorMode) or
+    inside a torch.func transform (whose wrappers have no storage for ``.numpy()``); a fake or
+    wrapped tensor in the cache would break every later eager call."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    return _disable_current_modes()
+    with _disable_current_modes(), torch._C._DisableFuncTorch(), torch.no_grad():
+        yield
 
 
 def _build_tables(surrogate, alpha, region, bits, device, dtype):

@@ -209,6 +209,33 @@ def test_torch_export_does_not_poison_table_cache(monkeypatch):
     assert torch.equal(y, torch.relu(x.detach()))
 
 
+@pytest.mark.skipif(not COMPILED_CPU, reason="vmap runs the compiled ops (reference: no vmap rule)")
+def test_func_transforms_build_real_code_tables(monkeypatch):
+    """torch.func: grad over the compiled ops raises PyTorch's functorch error (README "Known
+    limits"), even when a code configuration is first used inside the transform: its quantiser
+    and tables are built outside it, as real cached tensors (they used to fail with "Cannot
+    access data pointer" and could leave wrapped tensors in the cache). vmap works."""
+    monkeypatch.setattr(C, "_TABLES", {})
+    args = dict(surrogate="elu", alpha=0.66, bits=4)  # a quantiser no other test computes
+    x = torch.randn(3, 64, generator=_gen(7))
+    with pytest.raises(RuntimeError, match="functorch"):
+        torch.func.grad(lambda v: sk.sugar_relu(v * 1, **args).sum())(x)
+    with pytest.raises(RuntimeError, match="functorch"):
+        torch.func.grad(lambda v: sk.sugar_relu(v * 1).sum())(x)
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    for table in C._TABLES.values():
+        for t in table if isinstance(table, tuple) else (table,):
+            assert type(t) is torch.Tensor and not wrapped(t)
+    y = torch.func.vmap(lambda row: sk.sugar_relu(row, **args))(x)
+    assert_bitwise_equal(y, torch.relu(x), "vmap forward")
+    xg = x.clone().requires_grad_()
+    go = torch.randn(x.shape, generator=_gen(8))
+    sk.sugar_relu(xg, **args).backward(go)
+    levels, thr, icodes = C.tables("elu", 0.66, "all", 4, x.device, x.dtype)
+    idx = C.unpack(C.encode_reference(x, thr, icodes, 4), 4, x.numel()).view(x.shape)
+    assert_bitwise_equal(xg.grad, go * levels[idx], "eager grad after the transforms")
+
+
 # ---------------------------------------------------------------------------------------------
 # Autocast: the op follows its input's dtype, exactly like torch.relu
 # ---------------------------------------------------------------------------------------------
