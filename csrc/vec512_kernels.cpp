@@ -10,6 +10,11 @@
 #error "vec512_kernels.cpp needs GCC's #pragma GCC target (setup.py adds it only for GCC)"
 #endif
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
+// GCC 12 reports ~1200 false "may be used uninitialized" warnings inside its own
+// avx512fintrin.h (the `__Y = __Y` idiom of _mm512_undefined_*), and one ABI note about passing
+// __m512 by value (-Wpsabi; these functions never cross a library boundary). Silenced here only.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wpsabi"
 // g++ does not define the feature macros for a target pragma; the headers (Sleef's declarations)
 // test them, so define what -mavx512f -mavx512bw -mavx512vl -mavx512dq would.
 #define __AVX512F__ 1
