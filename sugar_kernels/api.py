@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.overrides import has_torch_function_unary
 
-from . import _ops, inductor, triton_kernels
+from . import _ops, functorch, inductor, triton_kernels
 from ._ops import InplaceCodes
 from .codes import check_bits, kernel_tables
 from .reference import ReferenceCodes, ReferenceSugarReLU, reference_backward_codes
@@ -128,11 +128,15 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     # Eager calls of the compiled ops on plain tensors enter the dispatcher from C++ (same path,
     # without torch.ops' generic argument parsing); traced calls and __torch_function__ subclasses
     # or modes go through torch.ops.
-    direct = (
-        backend in _COMPILED_KEY
-        and not torch.compiler.is_compiling()
-        and not has_torch_function_unary(x)
-    )
+    eager = not torch.compiler.is_compiling()
+    direct = backend in _COMPILED_KEY and eager and not has_torch_function_unary(x)
+    if eager and backend != "reference" and functorch.transformed(x):
+        # torch.func (grad, vjp, jacrev, vmap): the same ops with functorch-aware autograd.
+        prefix = "" if backend in _COMPILED_KEY else "triton_"
+        if bits is None:
+            return functorch.sugar_relu(x, surrogate, alpha, region, prefix)
+        tables = kernel_tables(surrogate, table_alpha, region, bits, x.device, x.dtype)
+        return functorch.sugar_relu_codes(x, tables, bits, inplace, prefix)
     if bits is None:
         if backend == "reference":
             return ReferenceSugarReLU.apply(x, surrogate, alpha, region)

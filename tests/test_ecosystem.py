@@ -209,31 +209,83 @@ def test_torch_export_does_not_poison_table_cache(monkeypatch):
     assert torch.equal(y, torch.relu(x.detach()))
 
 
-@pytest.mark.skipif(not COMPILED_CPU, reason="vmap runs the compiled ops (reference: no vmap rule)")
+# ---------------------------------------------------------------------------------------------
+# torch.func: grad / vjp / jacrev / vmap (per-sample gradients) through sugar_kernels.functorch
+# ---------------------------------------------------------------------------------------------
+FUNC_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]  # reference: no functorch rules
+
+
+def _func_case(backend, mode, seed=11):
+    kwargs = dict(MODES[mode], backend=backend)
+    x = torch.randn(4, 37, generator=_gen(seed))  # 37: codes of a row do not end on a byte
+    weight = torch.randn(37, generator=_gen(seed + 1))
+
+    def loss(v):  # v * 1: in place needs a non-leaf
+        return (sk.sugar_relu(v * 1, "bsilu", **kwargs) * weight).sum()
+
+    xg = x.clone().requires_grad_()
+    loss(xg).backward()
+    return x, loss, weight, xg.grad
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", FUNC_BACKENDS)
+def test_func_grad_vjp_and_per_sample_grads_match_autograd(backend, mode):
+    x, loss, weight, expected = _func_case(backend, mode)
+    assert_bitwise_equal(torch.func.grad(loss)(x), expected, "torch.func.grad")
+    kwargs = dict(MODES[mode], backend=backend)
+    y, vjp = torch.func.vjp(lambda v: sk.sugar_relu(v * 1, "bsilu", **kwargs), x)
+    assert_bitwise_equal(y, torch.relu(x), "torch.func.vjp forward")
+    assert_bitwise_equal(vjp(weight.expand_as(x))[0], expected, "torch.func.vjp")
+    # per-sample gradients: the rows are independent, so each is its row of the batch gradient
+    per_sample = torch.func.vmap(torch.func.grad(loss))(x)
+    assert_bitwise_equal(per_sample, expected, "vmap(grad)")
+    functional = dict(backend=backend, bits=MODES[mode].get("bits"))
+    jac = torch.func.jacrev(lambda v: sk.sugar_relu(v, "bsilu", **functional))(x[0])
+    row = x[0].clone().requires_grad_()
+    sk.sugar_relu(row, "bsilu", **functional).sum().backward()
+    assert_bitwise_equal(jac, torch.diag(row.grad), "jacrev: diagonal g(x)")
+
+
+@pytest.mark.skipif(not COMPILED_CPU, reason="the compiled ops")
+def test_func_second_order_and_forward_mode_raise_clear_errors():
+    x = torch.randn(9, generator=_gen(3))
+
+    def f(v):
+        return sk.sugar_relu(v, "bsilu").sum()
+
+    with pytest.raises(NotImplementedError, match="second derivatives through torch.func"):
+        torch.func.jacrev(torch.func.jacrev(f))(x)
+    with pytest.raises(NotImplementedError, match="jvp"):
+        torch.func.jvp(f, (x,), (x,))
+    # a transform's result differentiated by plain autograd keeps its double backward
+    xg = x.clone().requires_grad_()
+    (h,) = torch.autograd.grad(torch.func.grad(f)(xg).sum(), xg)
+    x2 = x.clone().requires_grad_()
+    (g2,) = torch.autograd.grad(f(x2), x2, create_graph=True)
+    assert_bitwise_equal(h, torch.autograd.grad(g2.sum(), x2)[0], "outer double backward")
+
+
+@pytest.mark.skipif(not COMPILED_CPU, reason="the compiled ops")
 def test_func_transforms_build_real_code_tables(monkeypatch):
-    """torch.func: grad over the compiled ops raises PyTorch's functorch error (README "Known
-    limits"), even when a code configuration is first used inside the transform: its quantiser
-    and tables are built outside it, as real cached tensors (they used to fail with "Cannot
-    access data pointer" and could leave wrapped tensors in the cache). vmap works."""
+    """A code configuration first used inside a transform builds its quantiser and tables
+    outside it, as real cached tensors (this used to fail with "Cannot access data pointer" and
+    could leave functorch wrappers in the cache)."""
     monkeypatch.setattr(C, "_TABLES", {})
     args = dict(surrogate="elu", alpha=0.66, bits=4)  # a quantiser no other test computes
     x = torch.randn(3, 64, generator=_gen(7))
-    with pytest.raises(RuntimeError, match="functorch"):
-        torch.func.grad(lambda v: sk.sugar_relu(v * 1, **args).sum())(x)
-    with pytest.raises(RuntimeError, match="functorch"):
-        torch.func.grad(lambda v: sk.sugar_relu(v * 1).sum())(x)
+    go = torch.randn(x.shape, generator=_gen(8))
+    grad = torch.func.grad(lambda v: (sk.sugar_relu(v * 1, **args) * go).sum())(x)
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     for table in C._TABLES.values():
         for t in table if isinstance(table, tuple) else (table,):
             assert type(t) is torch.Tensor and not wrapped(t)
-    y = torch.func.vmap(lambda row: sk.sugar_relu(row, **args))(x)
-    assert_bitwise_equal(y, torch.relu(x), "vmap forward")
-    xg = x.clone().requires_grad_()
-    go = torch.randn(x.shape, generator=_gen(8))
-    sk.sugar_relu(xg, **args).backward(go)
     levels, thr, icodes = C.tables("elu", 0.66, "all", 4, x.device, x.dtype)
     idx = C.unpack(C.encode_reference(x, thr, icodes, 4), 4, x.numel()).view(x.shape)
-    assert_bitwise_equal(xg.grad, go * levels[idx], "eager grad after the transforms")
+    assert_bitwise_equal(grad, go * levels[idx], "grad of a code mode first used in a transform")
+    xg = x.clone().requires_grad_()
+    sk.sugar_relu(xg, **args).backward(go)
+    assert_bitwise_equal(xg.grad, grad, "eager grad after the transform")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""torch.func support: grad, vjp, jacrev, vmap (e.g. per-sample gradients) over the sugar ops.
+
+The ops' own autograd is a C++ ``torch::autograd::Function`` (csrc/autograd.cpp), which PyTorch
+refuses under functorch transforms. Inside a transform the API calls the same ops through the
+Python ``autograd.Function`` classes below instead: ``setup_context`` style (what functorch
+needs), ``generate_vmap_rule`` (vmap runs the ops through PyTorch's batching fallback), and the
+same formulas as ``_ops.register_autograd_for``: backward ``grad_y * g(x)`` (or
+``grad_y * levels[code]``). First order only: a second derivative through a transform raises
+NotImplementedError (g'(x) needs torch.autograd.grad, which functorch forbids inside one); plain
+``torch.autograd.grad(create_graph=True)`` keeps working. Forward-mode AD (``jvp``, ``jacfwd``)
+has no rule: PyTorch raises its own error for it. vmap runs the ops once per sample (PyTorch's
+batching fallback, which warns once per op).
+Only transformed calls come here; plain eager and compiled calls keep the C++ autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._ops import double_backward
+
+
+def transformed(x: torch.Tensor) -> bool:
+    """Whether x is a torch.func wrapper (grad, vjp, jacrev or vmap is tracing this call)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+class _Backward(torch.autograd.Function):
+    """``backward_op(grad_y, x, ...) = grad_y * g(x)``, differentiable again."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_y, x, surrogate, alpha, region, backward_op):
+        return backward_op(grad_y, x, surrogate, alpha, region)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_y, x, ctx.surrogate, ctx.alpha, ctx.region, ctx.backward_op = inputs
+        ctx.save_for_backward(grad_y, x)
+
+    @staticmethod
+    def backward(ctx, grad_grad_x):
+        grad_y, x = ctx.saved_tensors
+        if ctx.needs_input_grad[1] and transformed(x):
+            # g'(x) comes from torch.autograd.grad (_grad_factor_derivative), which functorch
+            # forbids inside a transform.
+            raise NotImplementedError(
+                "sugar_relu: second derivatives through torch.func transforms (grad of grad, "
+                "jacrev of jacrev, hessian) are not supported; use torch.autograd.grad with "
+                "create_graph=True for them (first-order grad, vjp, jacrev and vmap work)"
+            )
+        op = ctx.backward_op
+
+        def again(g, x, surrogate, alpha, region):
+            return _Backward.apply(g, x, surrogate, alpha, region, op)
+
+        args = (ctx.surrogate, ctx.alpha, ctx.region, ctx.needs_input_grad)
+        return *double_backward(again, grad_y, x, grad_grad_x, *args), None, None, None, None
+
+
+class _Forward(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, surrogate, alpha, region, forward_op, backward_op):
+        return forward_op(x, surrogate, alpha, region)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.surrogate, ctx.alpha, ctx.region, _, ctx.backward_op = inputs
+        ctx.save_for_backward(x)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        grad_x = _Backward.apply(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region, ctx.backward_op)
+        return grad_x, None, None, None, None, None
+
+
+class _BackwardCodes(torch.autograd.Function):
+    """``grad_y * levels[code]``: linear in grad_y; codes and levels get no gradient."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_y, codes, levels, bits, backward_op):
+        return backward_op(grad_y, codes, levels, bits)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, codes, levels, ctx.bits, ctx.backward_op = inputs
+        ctx.save_for_backward(codes, levels)
+
+    @staticmethod
+    def backward(ctx, grad_grad_x):
+        codes, levels = ctx.saved_tensors
+        grad = _BackwardCodes.apply(grad_grad_x, codes, levels, ctx.bits, ctx.backward_op)
+        return grad, None, None, None, None
+
+
+class _ForwardCodes(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, levels, thresholds, interval_codes, search, bits, forward_op, backward_op):
+        return tuple(forward_op(x, levels, thresholds, interval_codes, search, bits))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, levels, _, _, _, ctx.bits, _, ctx.backward_op = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1], levels)
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_codes):
+        codes, levels = ctx.saved_tensors
+        grad_x = _BackwardCodes.apply(grad_y, codes, levels, ctx.bits, ctx.backward_op)
+        return grad_x, None, None, None, None, None, None, None
+
+
+def sugar_relu(x, surrogate, alpha, region, prefix):
+    """Exact mode through the ``sugar::{prefix}relu_*`` ops ("" compiled, "triton_" Triton)."""
+    ops = torch.ops.sugar
+    forward_op, backward_op = (getattr(ops, f"{prefix}relu_{k}") for k in ("forward", "backward"))
+    return _Forward.apply(x, surrogate, alpha, region, forward_op, backward_op)
+
+
+def sugar_relu_codes(x, tables, bits, inplace, prefix):
+    """A code mode; in place as the functional op plus ``x.copy_``, as under torch.compile."""
+    ops = torch.ops.sugar
+    forward_op = getattr(ops, f"{prefix}relu_forward_codes")
+    backward_op = getattr(ops, f"{prefix}relu_backward_codes")
+    y = _ForwardCodes.apply(x, *tables, bits, forward_op, backward_op)[0]
+    return x.copy_(y) if inplace else y
