@@ -380,3 +380,18 @@ def test_opcheck(bits, name):
     codes = C.encode_reference(x, table[1], table[2], bits)
     gy = grad_for(x).requires_grad_()
     torch.library.opcheck(BACKWARD, (gy, codes, table[0], bits), test_utils=OPCHECK_UTILS)
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_func_grad_and_per_sample_grads(bits):
+    """torch.func over the Triton ops (sugar_kernels/functorch.py): equal to eager autograd."""
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(5))
+    weight = torch.randn(40, generator=torch.Generator().manual_seed(6))
+
+    def loss(v):
+        return (sk.sugar_relu(v * 1, "bsilu", bits=bits, backend="triton") * weight).sum()
+
+    xg = x.clone().requires_grad_()
+    loss(xg).backward()
+    assert_bitwise_equal(torch.func.grad(loss)(x), xg.grad, "torch.func.grad")
+    assert_bitwise_equal(torch.func.vmap(torch.func.grad(loss))(x), xg.grad, "vmap(grad)")
