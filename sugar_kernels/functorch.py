@@ -3,13 +3,14 @@
 The ops' own autograd is a C++ ``torch::autograd::Function`` (csrc/autograd.cpp), which PyTorch
 refuses under functorch transforms. Inside a transform the API calls the same ops through the
 Python ``autograd.Function`` classes below instead: ``setup_context`` style (what functorch
-needs), ``generate_vmap_rule`` (vmap runs the ops through PyTorch's batching fallback), and the
+needs), a vmap rule, and the
 same formulas as ``_ops.register_autograd_for``: backward ``grad_y * g(x)`` (or
 ``grad_y * levels[code]``). First order only: a second derivative through a transform raises
 NotImplementedError (g'(x) needs torch.autograd.grad, which functorch forbids inside one); plain
 ``torch.autograd.grad(create_graph=True)`` keeps working. Forward-mode AD (``jvp``, ``jacfwd``)
-has no rule: PyTorch raises its own error for it. vmap runs the ops once per sample (PyTorch's
-batching fallback, which warns once per op).
+has no rule: PyTorch raises its own error for it. vmap: the exact-mode ops are elementwise, so
+one call covers the whole batch; code modes run once per sample (PyTorch's batching fallback,
+which warns once per op: packed codes of a sample need not start on a byte boundary).
 Only transformed calls come here; plain eager and compiled calls keep the C++ autograd.
 """
 
@@ -25,14 +26,24 @@ def transformed(x: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
+def _batch_first(t: torch.Tensor, dim: int | None, batch_size: int) -> torch.Tensor:
+    return t.movedim(dim, 0) if dim is not None else t.expand(batch_size, *t.shape)
+
+
 class _Backward(torch.autograd.Function):
     """``backward_op(grad_y, x, ...) = grad_y * g(x)``, differentiable again."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(grad_y, x, surrogate, alpha, region, backward_op):
         return backward_op(grad_y, x, surrogate, alpha, region)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_y, x, surrogate, alpha, region, backward_op):
+        # Elementwise: one call on the whole batch (batch dimension first in both); through
+        # apply, so that a transform outside this vmap (e.g. grad) still sees the Function.
+        grad_y = _batch_first(grad_y, in_dims[0], info.batch_size)
+        x = _batch_first(x, in_dims[1], info.batch_size)
+        return _Backward.apply(grad_y, x, surrogate, alpha, region, backward_op), 0
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -60,11 +71,14 @@ class _Backward(torch.autograd.Function):
 
 
 class _Forward(torch.autograd.Function):
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(x, surrogate, alpha, region, forward_op, backward_op):
         return forward_op(x, surrogate, alpha, region)
+
+    @staticmethod
+    def vmap(info, in_dims, x, surrogate, alpha, region, forward_op, backward_op):
+        y = _Forward.apply(x, surrogate, alpha, region, forward_op, backward_op)
+        return y, in_dims[0]  # elementwise: one call on the whole batch
 
     @staticmethod
     def setup_context(ctx, inputs, output):

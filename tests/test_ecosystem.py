@@ -15,6 +15,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -228,6 +229,8 @@ def _func_case(backend, mode, seed=11):
     return x, loss, weight, xg.grad
 
 
+# code modes under vmap: PyTorch's per-sample fallback, which warns (README "Known limits")
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("backend", FUNC_BACKENDS)
 def test_func_grad_vjp_and_per_sample_grads_match_autograd(backend, mode):
@@ -245,6 +248,29 @@ def test_func_grad_vjp_and_per_sample_grads_match_autograd(backend, mode):
     row = x[0].clone().requires_grad_()
     sk.sugar_relu(row, "bsilu", **functional).sum().backward()
     assert_bitwise_equal(jac, torch.diag(row.grad), "jacrev: diagonal g(x)")
+
+
+@pytest.mark.parametrize("backend", FUNC_BACKENDS)
+def test_func_vmap_exact_mode_batches_without_fallback(backend):
+    # Exact mode has vmap rules (one call on the whole batch); PyTorch's per-sample fallback
+    # would warn "There is a performance drop ... batching rule". Also grad of vmap, in_dims=1,
+    # nested vmap.
+    x, loss, _, expected = _func_case(backend, "exact")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        per_sample = torch.func.vmap(torch.func.grad(loss))(x)
+        outer = torch.func.grad(lambda v: torch.func.vmap(loss)(v).sum())(x)
+        columns = torch.func.vmap(lambda v: sk.sugar_relu(v, backend=backend), in_dims=1)(x)
+        nested = torch.func.vmap(torch.func.vmap(lambda v: sk.sugar_relu(v, backend=backend)))(
+            x.view(2, 2, 37)
+        )
+    assert not [w for w in seen if "batching rule" in str(w.message)], [
+        str(w.message) for w in seen
+    ]
+    assert_bitwise_equal(per_sample, expected, "vmap(grad)")
+    assert_bitwise_equal(outer, expected, "grad(vmap)")
+    assert_bitwise_equal(columns, torch.relu(x).T, "vmap in_dims=1")
+    assert_bitwise_equal(nested, torch.relu(x).view(2, 2, 37), "nested vmap")
 
 
 @pytest.mark.skipif(not COMPILED_CPU, reason="the compiled ops")
