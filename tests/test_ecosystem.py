@@ -216,10 +216,10 @@ def test_torch_export_does_not_poison_table_cache(monkeypatch):
 FUNC_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]  # reference: no functorch rules
 
 
-def _func_case(backend, mode, seed=11):
+def _func_case(backend, mode, seed=11, device="cpu"):
     kwargs = dict(MODES[mode], backend=backend)
-    x = torch.randn(4, 37, generator=_gen(seed))  # 37: codes of a row do not end on a byte
-    weight = torch.randn(37, generator=_gen(seed + 1))
+    x = torch.randn(4, 37, generator=_gen(seed)).to(device)  # 37: a row's codes end mid-byte
+    weight = torch.randn(37, generator=_gen(seed + 1)).to(device)
 
     def loss(v):  # v * 1: in place needs a non-leaf
         return (sk.sugar_relu(v * 1, "bsilu", **kwargs) * weight).sum()
@@ -234,7 +234,20 @@ def _func_case(backend, mode, seed=11):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("backend", FUNC_BACKENDS)
 def test_func_grad_vjp_and_per_sample_grads_match_autograd(backend, mode):
-    x, loss, weight, expected = _func_case(backend, mode)
+    _check_func_transforms(backend, mode, "cpu")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_func_transforms_cuda(backend, mode):
+    _check_func_transforms(backend, mode, "cuda")
+
+
+def _check_func_transforms(backend, mode, device):
+    x, loss, weight, expected = _func_case(backend, mode, device=device)
     assert_bitwise_equal(torch.func.grad(loss)(x), expected, "torch.func.grad")
     kwargs = dict(MODES[mode], backend=backend)
     y, vjp = torch.func.vjp(lambda v: sk.sugar_relu(v * 1, "bsilu", **kwargs), x)
