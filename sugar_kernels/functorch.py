@@ -3,14 +3,13 @@
 The ops' own autograd is a C++ ``torch::autograd::Function`` (csrc/autograd.cpp), which PyTorch
 refuses under functorch transforms. Inside a transform the API calls the same ops through the
 Python ``autograd.Function`` classes below instead: ``setup_context`` style (what functorch
-needs), a vmap rule, and the
-same formulas as ``_ops.register_autograd_for``: backward ``grad_y * g(x)`` (or
-``grad_y * levels[code]``). First order only: a second derivative through a transform raises
-NotImplementedError (g'(x) needs torch.autograd.grad, which functorch forbids inside one); plain
-``torch.autograd.grad(create_graph=True)`` keeps working. Forward-mode AD (``jvp``, ``jacfwd``)
-has no rule: PyTorch raises its own error for it. vmap: the exact-mode ops are elementwise, so
-one call covers the whole batch; code modes run once per sample (PyTorch's batching fallback,
-which warns once per op: packed codes of a sample need not start on a byte boundary).
+needs), vmap rules, and the same formulas as ``_ops.register_autograd_for``: backward
+``grad_y * g(x)`` (or ``grad_y * levels[code]``). First order only: a second derivative through
+a transform raises NotImplementedError (g'(x) needs torch.autograd.grad, which functorch forbids
+inside one); plain ``torch.autograd.grad(create_graph=True)`` keeps working. Forward-mode AD
+(``jvp``, ``jacfwd``) has no rule: PyTorch raises its own error for it. vmap rules: the ops are
+elementwise, so one call covers a whole batch; in code modes only when a sample's packed codes
+end on a byte (always at bits=8), else one call per sample (as for jacrev's shared codes).
 Only transformed calls come here; plain eager and compiled calls keep the C++ autograd.
 """
 
@@ -92,14 +91,33 @@ class _Forward(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
+def _whole_bytes(sample: torch.Tensor, bits: int) -> bool:
+    """Whether a sample's packed codes end on a byte: then a batch's codes are its samples' codes
+    one after another, and one call serves the whole batch."""
+    return sample.numel() * bits % 8 == 0
+
+
 class _BackwardCodes(torch.autograd.Function):
     """``grad_y * levels[code]``: linear in grad_y; codes and levels get no gradient."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(grad_y, codes, levels, bits, backward_op):
         return backward_op(grad_y, codes, levels, bits)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_y, codes, levels, bits, backward_op):
+        grad_y = _batch_first(grad_y, in_dims[0], info.batch_size)
+        apply = _BackwardCodes.apply
+        if in_dims[2] is None and in_dims[1] is not None:  # codes per sample (forward batched)
+            codes = codes.movedim(in_dims[1], 0)
+            if _whole_bytes(grad_y[0], bits):
+                return apply(grad_y, codes.reshape(-1), levels, bits, backward_op), 0
+            rows = [apply(g, c, levels, bits, backward_op) for g, c in zip(grad_y, codes)]
+        else:  # shared codes (e.g. jacrev's batch of cotangents), or batched levels
+            levels = _batch_first(levels, in_dims[2], info.batch_size)
+            codes = _batch_first(codes, in_dims[1], info.batch_size)
+            rows = [apply(*args, bits, backward_op) for args in zip(grad_y, codes, levels)]
+        return torch.stack(rows), 0
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -114,11 +132,24 @@ class _BackwardCodes(torch.autograd.Function):
 
 
 class _ForwardCodes(torch.autograd.Function):
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(x, levels, thresholds, interval_codes, search, bits, forward_op, backward_op):
         return tuple(forward_op(x, levels, thresholds, interval_codes, search, bits))
+
+    @staticmethod
+    def vmap(info, in_dims, x, *tables_bits_ops):
+        # Codes come back as (batch, bytes per sample): one call when a sample's codes end on a
+        # byte, else one call per sample. Batched tables: one call per sample as well.
+        size = info.batch_size
+        x = _batch_first(x, in_dims[0], size)
+        bits = tables_bits_ops[4]
+        apply = _ForwardCodes.apply
+        if all(d is None for d in in_dims[1:5]) and _whole_bytes(x[0], bits):
+            y, codes = apply(x, *tables_bits_ops)
+            return (y, codes.view(size, -1)), (0, 0)
+        tables = [_batch_first(t, d, size) for t, d in zip(tables_bits_ops, in_dims[1:5])]
+        rows = [apply(*args, *tables_bits_ops[4:]) for args in zip(x, *tables)]
+        return (torch.stack([y for y, _ in rows]), torch.stack([c for _, c in rows])), (0, 0)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -229,8 +229,6 @@ def _func_case(backend, mode, seed=11, device="cpu"):
     return x, loss, weight, xg.grad
 
 
-# code modes under vmap: PyTorch's per-sample fallback, which warns (README "Known limits")
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("backend", FUNC_BACKENDS)
 def test_func_grad_vjp_and_per_sample_grads_match_autograd(backend, mode):
@@ -239,7 +237,6 @@ def test_func_grad_vjp_and_per_sample_grads_match_autograd(backend, mode):
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_func_transforms_cuda(backend, mode):
@@ -263,27 +260,49 @@ def _check_func_transforms(backend, mode, device):
     assert_bitwise_equal(jac, torch.diag(row.grad), "jacrev: diagonal g(x)")
 
 
+VMAP_CASES = {  # bits=8 / bits=1 on 40-element rows: one call per batch; bits=4 on 37: per sample
+    "exact": ({}, 37),
+    "bits8": ({"bits": 8}, 37),
+    "bits4-ragged": ({"bits": 4}, 37),
+    "bits1-inplace": ({"bits": 1, "inplace": True}, 40),
+}
+
+
+@pytest.mark.parametrize("case", VMAP_CASES)
 @pytest.mark.parametrize("backend", FUNC_BACKENDS)
-def test_func_vmap_exact_mode_batches_without_fallback(backend):
-    # Exact mode has vmap rules (one call on the whole batch); PyTorch's per-sample fallback
-    # would warn "There is a performance drop ... batching rule". Also grad of vmap, in_dims=1,
-    # nested vmap.
-    x, loss, _, expected = _func_case(backend, "exact")
+def test_func_vmap_rules_without_fallback(backend, case):
+    # The ops have vmap rules, so PyTorch's per-sample fallback (which warns "There is a
+    # performance drop ... batching rule") never runs. vmap(grad), grad(vmap), in_dims=1,
+    # nested vmap, jacrev (a batch of cotangents over one sample's codes).
+    kwargs, n = VMAP_CASES[case]
+    kwargs = dict(kwargs, backend=backend)
+    functional = {k: v for k, v in kwargs.items() if k != "inplace"}
+    x = torch.randn(4, n, generator=_gen(21))
+    weight = torch.randn(n, generator=_gen(22))
+
+    def loss(v):
+        return (sk.sugar_relu(v * 1, "bsilu", **kwargs) * weight).sum()
+
+    xg = x.clone().requires_grad_()
+    loss(xg).backward()
+    row = x[0].clone().requires_grad_()
+    sk.sugar_relu(row, "bsilu", **functional).sum().backward()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         per_sample = torch.func.vmap(torch.func.grad(loss))(x)
         outer = torch.func.grad(lambda v: torch.func.vmap(loss)(v).sum())(x)
-        columns = torch.func.vmap(lambda v: sk.sugar_relu(v, backend=backend), in_dims=1)(x)
-        nested = torch.func.vmap(torch.func.vmap(lambda v: sk.sugar_relu(v, backend=backend)))(
-            x.view(2, 2, 37)
+        columns = torch.func.vmap(lambda v: sk.sugar_relu(v, **functional), in_dims=1)(x)
+        nested = torch.func.vmap(torch.func.vmap(lambda v: sk.sugar_relu(v, **functional)))(
+            x.view(2, 2, n)
         )
-    assert not [w for w in seen if "batching rule" in str(w.message)], [
-        str(w.message) for w in seen
-    ]
-    assert_bitwise_equal(per_sample, expected, "vmap(grad)")
-    assert_bitwise_equal(outer, expected, "grad(vmap)")
+        jac = torch.func.jacrev(lambda v: sk.sugar_relu(v, "bsilu", **functional))(x[0])
+    fallbacks = [str(w.message) for w in seen if "batching rule" in str(w.message)]
+    assert not fallbacks, fallbacks
+    assert_bitwise_equal(per_sample, xg.grad, "vmap(grad)")
+    assert_bitwise_equal(outer, xg.grad, "grad(vmap)")
     assert_bitwise_equal(columns, torch.relu(x).T, "vmap in_dims=1")
-    assert_bitwise_equal(nested, torch.relu(x).view(2, 2, 37), "nested vmap")
+    assert_bitwise_equal(nested, torch.relu(x).view(2, 2, n), "nested vmap")
+    assert_bitwise_equal(jac, torch.diag(row.grad), "jacrev")
 
 
 @pytest.mark.skipif(not COMPILED_CPU, reason="the compiled ops")

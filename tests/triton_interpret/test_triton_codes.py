@@ -382,7 +382,6 @@ def test_opcheck(bits, name):
     torch.library.opcheck(BACKWARD, (gy, codes, table[0], bits), test_utils=OPCHECK_UTILS)
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # bits: fallback
 @pytest.mark.parametrize("bits", [None, 8])
 def test_func_grad_and_per_sample_grads(bits):
     """torch.func over the Triton ops (sugar_kernels/functorch.py): equal to eager autograd."""
