@@ -130,13 +130,12 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     # or modes go through torch.ops.
     eager = not torch.compiler.is_compiling()
     direct = backend in _COMPILED_KEY and eager and not has_torch_function_unary(x)
-    if eager and backend != "reference" and functorch.transformed(x):
+    if eager and functorch.transformed(x):
         # torch.func (grad, vjp, jacrev, vmap): the same ops with functorch-aware autograd.
-        prefix = "" if backend in _COMPILED_KEY else "triton_"
         if bits is None:
-            return functorch.sugar_relu(x, surrogate, alpha, region, prefix)
+            return functorch.sugar_relu(x, surrogate, alpha, region, backend)
         tables = kernel_tables(surrogate, table_alpha, region, bits, x.device, x.dtype)
-        return functorch.sugar_relu_codes(x, tables, bits, inplace, prefix)
+        return functorch.sugar_relu_codes(x, tables, bits, inplace, backend)
     if bits is None:
         if backend == "reference":
             return ReferenceSugarReLU.apply(x, surrogate, alpha, region)

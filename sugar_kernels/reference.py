@@ -39,10 +39,13 @@ class _ReferenceBackward(torch.autograd.Function):
     """reference_backward as a differentiable function (double backward with the exact g')."""
 
     @staticmethod
-    def forward(ctx, grad_y, x, surrogate, alpha, region):
-        ctx.save_for_backward(grad_y, x)
-        ctx.args = (surrogate, alpha, region)
+    def forward(grad_y, x, surrogate, alpha, region):
         return reference_backward(grad_y, x, surrogate, alpha, region)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_y, x, *ctx.args = inputs
+        ctx.save_for_backward(grad_y, x)
 
     @staticmethod
     def backward(ctx, grad_grad_x):

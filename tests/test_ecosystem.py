@@ -213,9 +213,6 @@ def test_torch_export_does_not_poison_table_cache(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # torch.func: grad / vjp / jacrev / vmap (per-sample gradients) through sugar_kernels.functorch
 # ---------------------------------------------------------------------------------------------
-FUNC_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]  # reference: no functorch rules
-
-
 def _func_case(backend, mode, seed=11, device="cpu"):
     kwargs = dict(MODES[mode], backend=backend)
     x = torch.randn(4, 37, generator=_gen(seed)).to(device)  # 37: a row's codes end mid-byte
@@ -230,7 +227,7 @@ def _func_case(backend, mode, seed=11, device="cpu"):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("backend", FUNC_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_func_grad_vjp_and_per_sample_grads_match_autograd(backend, mode):
     _check_func_transforms(backend, mode, "cpu")
 
@@ -238,7 +235,7 @@ def test_func_grad_vjp_and_per_sample_grads_match_autograd(backend, mode):
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("backend", CUDA_BACKENDS + ["reference"])
 def test_func_transforms_cuda(backend, mode):
     _check_func_transforms(backend, mode, "cuda")
 
@@ -269,7 +266,7 @@ VMAP_CASES = {  # bits=8 / bits=1 on 40-element rows: one call per batch; bits=4
 
 
 @pytest.mark.parametrize("case", VMAP_CASES)
-@pytest.mark.parametrize("backend", FUNC_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_func_vmap_rules_without_fallback(backend, case):
     # The ops have vmap rules, so PyTorch's per-sample fallback (which warns "There is a
     # performance drop ... batching rule") never runs. vmap(grad), grad(vmap), in_dims=1,
@@ -305,7 +302,6 @@ def test_func_vmap_rules_without_fallback(backend, case):
     assert_bitwise_equal(jac, torch.diag(row.grad), "jacrev")
 
 
-@pytest.mark.skipif(not COMPILED_CPU, reason="the compiled ops")
 def test_func_second_order_and_forward_mode_raise_clear_errors():
     x = torch.randn(9, generator=_gen(3))
 
@@ -324,7 +320,6 @@ def test_func_second_order_and_forward_mode_raise_clear_errors():
     assert_bitwise_equal(h, torch.autograd.grad(g2.sum(), x2)[0], "outer double backward")
 
 
-@pytest.mark.skipif(not COMPILED_CPU, reason="the compiled ops")
 def test_func_transforms_build_real_code_tables(monkeypatch):
     """A code configuration first used inside a transform builds its quantiser and tables
     outside it, as real cached tensors (this used to fail with "Cannot access data pointer" and
