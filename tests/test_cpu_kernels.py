@@ -254,3 +254,26 @@ def test_avx512_instructions_only_in_the_avx512_build():
             (users if "avx512" in function else offenders).add(function)
     assert users, "no AVX-512 code found: the check itself is broken"
     assert not offenders, sorted(offenders)[:5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("region", sk.REGIONS)
+@pytest.mark.parametrize("name", list(sk.SURROGATES))
+def test_codes_at_every_threshold_and_its_neighbours(name, region, dtype):
+    # The comparisons decide codes only next to a threshold: every threshold of every table
+    # (one threshold, register search, cell grid), 1 and 2 ulps either side, and the special
+    # values, shuffled, in a ragged length; forward and in place against codes.py, every bits.
+    for bits in C.BITS:
+        levels, thresholds, interval_codes = C.tables(name, None, region, bits, "cpu", dtype)
+        search = C.search_table(name, None, region, bits, "cpu", dtype)
+        t = thresholds.to(dtype)
+        up, down = torch.nextafter(t, t + 1), torch.nextafter(t, t - 1)
+        probes = [t, up, down, torch.nextafter(up, up + 1), torch.nextafter(down, down - 1)]
+        x = torch.cat([*probes, _input(7, dtype)])
+        x = x.repeat(
+            1 + 256 // x.numel()
+        )  # small tables too reach the SIMD chunks, not just the tail
+        x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(bits))]
+        if x.numel() % 32 == 0:
+            x = x[1:]
+        _check_forward(x, thresholds, interval_codes, search, bits, levels)
