@@ -36,7 +36,7 @@ import torch
 
 import sugar_kernels as sk
 
-from . import micro
+from . import START_LOAD, START_LOAD_ENV, micro
 from .common import (
     RESULTS,
     ROOT,
@@ -125,6 +125,8 @@ def run_cli(args: list[str], timeout_s: float, log_path: Path) -> tuple[int, str
     passes through. Returns (exit status, stdout, seconds); 124 on timeout."""
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if START_LOAD is not None:  # the run's start load, not the child's (benchmarks/__init__.py)
+        env[START_LOAD_ENV] = repr(START_LOAD)
     proc = subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env
     )

@@ -2,6 +2,8 @@
 the spread between repetitions is wider than the difference; micro's targets table uses it."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +77,20 @@ def test_micro_targets_use_the_verdict():
     # the same numbers from a loaded run decide nothing
     loaded = [dict(r, load=str(BUSY)) for r in rows]
     assert {v for _, _, v in micro.check_targets(loaded)} == {"inconclusive"}
+
+
+def test_make_bench_steps_judge_the_load_from_the_run_start(tmp_path, monkeypatch):
+    # benchmarks.run starts most steps as child processes; each must judge the machine by the
+    # load when the whole run started, not by the load average at its own start, which counts
+    # the earlier steps' own work (and so made every later verdict "inconclusive").
+    import benchmarks
+    from benchmarks import run
+
+    monkeypatch.setattr(run, "START_LOAD", 0.375)  # the run's start load, unlike any real one
+    code = "import benchmarks; print(repr(benchmarks.START_LOAD))"
+    status, out, _ = run.run_cli(["-c", code], 120, tmp_path / "log.txt")
+    assert status == 0
+    assert out.strip().splitlines()[-1] == "0.375"
+    env = dict(os.environ, **{benchmarks.START_LOAD_ENV: "0.125"})
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "0.125", done.stderr[-2000:]
