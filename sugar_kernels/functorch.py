@@ -149,7 +149,7 @@ class _ForwardCodes(torch.autograd.Function):
         apply = _ForwardCodes.apply
         if all(d is None for d in in_dims[1:5]) and _whole_bytes(x[0], bits):
             y, codes = apply(x, *tables_bits_ops)
-            return (y, codes.view(size, -1)), (0, 0)
+            return (y, codes.view(size, codes.numel() // size)), (0, 0)  # also 0-size samples
         tables = [_batch_first(t, d, size) for t, d in zip(tables_bits_ops, in_dims[1:5])]
         rows = [apply(*args, *tables_bits_ops[4:]) for args in zip(x, *tables)]
         return (torch.stack([y for y, _ in rows]), torch.stack([c for _, c in rows])), (0, 0)

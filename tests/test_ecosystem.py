@@ -302,6 +302,14 @@ def test_func_vmap_rules_without_fallback(backend, case):
     assert_bitwise_equal(jac, torch.diag(row.grad), "jacrev")
 
 
+@pytest.mark.parametrize("bits", [None, 8, 4])
+def test_func_vmap_of_empty_samples(bits):
+    x = torch.randn(3, 0)
+    assert torch.func.vmap(lambda v: sk.sugar_relu(v, bits=bits))(x).shape == (3, 0)
+    grad = torch.func.vmap(torch.func.grad(lambda v: sk.sugar_relu(v * 1, bits=bits).sum()))(x)
+    assert grad.shape == (3, 0)
+
+
 def test_func_second_order_and_forward_mode_raise_clear_errors():
     x = torch.randn(9, generator=_gen(3))
 
