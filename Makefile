@@ -8,7 +8,16 @@ DEPS_STAMP := $(VENV)/.deps-stamp
 EXT_STAMP := .stamp-ext
 EXT_SOURCES := $(filter-out csrc/_build_config.h,$(wildcard csrc/*.h csrc/*.cpp csrc/*.cu)) setup.py
 
-.PHONY: install test test-fast bench lint format clean
+# The GPU machines' image: Python 3.12, torch 2.11.0, triton 3.6.0 (requirements-torch2.11.txt).
+# `make test-torch2.11` builds (CUDA for sm_90, as there) and runs the CPU suite with them.
+PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 \
+	/usr/local/bin/python3.12 /usr/bin/python3.12; do "$$p" -c "" 2>/dev/null && echo "$$p" && break; done)
+VENV211 := .venv-torch211
+VPY211 := $(VENV211)/bin/python
+DEPS211_STAMP := $(VENV211)/.deps-stamp
+EXT211_STAMP := .stamp-ext-torch211
+
+.PHONY: install test test-torch2.11 bench lint format clean
 
 install: $(EXT_STAMP)
 
@@ -31,6 +40,25 @@ test: install
 	$(VPY) -m pytest -q --durations=5 tests --ignore=tests/triton_interpret
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q --durations=5 tests/triton_interpret
 
+$(DEPS211_STAMP): requirements-torch2.11.txt
+	@test -n "$(PYTHON312)" || { echo "make test-torch2.11 needs Python 3.12 (set PYTHON312=...)"; exit 1; }
+	test -x $(VPY211) || $(PYTHON312) -m venv $(VENV211)
+	@echo ">>> installing torch 2.11.0 / triton 3.6.0 into $(VENV211): ~1.5 min with a warm pip cache"
+	$(VPY211) -m pip install --progress-bar off -r requirements-torch2.11.txt
+	touch $@
+
+# Its own extension file (_C.cpython-312-*.so) and build folder, beside the main build's.
+$(EXT211_STAMP): $(DEPS211_STAMP) $(EXT_SOURCES)
+	@echo ">>> building the C++ extension against torch 2.11 (CUDA for sm_90): ~2 min on 2 cores"
+	TORCH_CUDA_ARCH_LIST=9.0 $(VPY211) setup.py build_ext --inplace
+	$(VPY211) -c "import sugar_kernels as sk; print('sugar-kernels build:', sk.build_info())"
+	touch $@
+
+test-torch2.11: $(EXT211_STAMP)
+	@echo ">>> test suite with torch 2.11 on CPU: about as long as make test"
+	$(VPY211) -m pytest -q --durations=5 tests --ignore=tests/triton_interpret
+	TRITON_INTERPRET=1 $(VPY211) -m pytest -q --durations=5 tests/triton_interpret
+
 bench: install
 	@echo ">>> benchmarks: ~10 min on a quiet 2-core machine (compiled-model benchmark ~4-8 min of it), more on a shared one; each step prints its progress; report in results/REPORT.md"
 	$(VPY) -m benchmarks.run $(BENCH_ARGS)
@@ -44,4 +72,4 @@ format: $(DEPS_STAMP)
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf build $(EXT_STAMP) sugar_kernels/_C*.so csrc/_build_config.h
+	rm -rf build $(EXT_STAMP) $(EXT211_STAMP) sugar_kernels/_C*.so csrc/_build_config.h

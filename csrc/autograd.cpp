@@ -4,6 +4,7 @@
 // picks) and records a backward that calls the sugar ops again through the dispatcher, so
 // torch.compile, torch.export and opcheck trace them like any op. The formulas are those of
 // sugar_kernels/_ops.py, which registers the same autograd in Python for the Triton ops.
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -204,10 +205,29 @@ std::tuple<at::Tensor, at::Tensor> relu_forward_codes_autograd(
   return {out[0], out[1]};
 }
 
+// A tracer's tensor (FakeTensor, FunctionalTensor), a tensor subclass (DTensor) or an active
+// Python dispatch mode: a graph is being recorded or another layer interprets the op.
+bool seen_by_python(const at::Tensor& x) {
+  return x.key_set().has(c10::DispatchKey::Python) ||
+         x.key_set().has(c10::DispatchKey::Functionalize) ||
+         c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Python);
+}
+
 at::Tensor relu_forward_codes_inplace_autograd(at::Tensor& x, const at::Tensor& levels,
                                               const at::Tensor& thresholds,
                                               const at::Tensor& interval_codes,
                                               const at::Tensor& search, int64_t bits) {
+  if (seen_by_python(x)) {
+    // Traced, the in-place op is the functional op plus x.copy_(y), each with its own autograd.
+    // ReluForwardCodesInplace runs the mutation with grad mode off (as every autograd Function
+    // does), so functionalization records it as a no_grad mutation; when x is an input of a
+    // compiled region, AOTAutograd then keeps it out of the autograd graph and the traced
+    // backward is the identity. copy_ is a mutation that autograd and functionalization know.
+    auto [y, codes] =
+        handles::relu_forward_codes().call(x, levels, thresholds, interval_codes, search, bits);
+    x.copy_(y);
+    return codes;
+  }
   at::Tensor codes;
   ReluForwardCodesInplace::apply(x, levels, thresholds, interval_codes, search, bits, &codes);
   return codes;  // mark_dirty bumped x's version, as the ADInplaceOrView kernel of aten ops does

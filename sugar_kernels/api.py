@@ -124,7 +124,7 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     backend = _resolve_backend(backend, dev)
     # Read while Dynamo traces, so compiled code guards on the compile mode: switching it
     # (set_compile_mode) recompiles instead of reusing code made for the other mode.
-    fused = inductor.traced_for_fusion(bits is not None, dev)
+    inductor.traced_for_fusion(bits is not None, dev)
     # Eager calls of the compiled ops on plain tensors enter the dispatcher from C++ (same path,
     # without torch.ops' generic argument parsing); traced calls and __torch_function__ subclasses
     # or modes go through torch.ops.
@@ -146,15 +146,19 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
         return torch.ops.sugar.relu_forward.default(x, surrogate, alpha, region)
 
     tables = kernel_tables(surrogate, table_alpha, region, bits, x.device, x.dtype)
+    # Under torch.compile an in-place call is traced as the functional op plus a copy into x,
+    # never as the mutating op. A hand-written autograd of a mutating op runs with grad mode off,
+    # and when x is an input of the compiled region (a graph break before the activation, FSDP,
+    # DDP's bucketed graphs) AOTAutograd keeps that mutation hidden from autograd: the traced
+    # backward would be the identity. Inductor still writes y into x's buffer, and the
+    # partitioner saves the codes, not x or y. torch.export keeps the one in-place op.
+    copy_into_x = inplace and not eager and not inductor.is_exporting()
     if backend in _COMPILED_KEY:
         ops = _ops._C if direct else torch.ops.sugar  # the same names in both
-        if inplace and not fused:  # the op's autograd (C++) marks x modified
+        if inplace and not copy_into_x:  # the op's autograd (C++) marks x modified
             ops.relu_forward_codes_(x, *tables, bits)
             return x
         y = ops.relu_forward_codes(x, *tables, bits)[0]
-        # Under torch.compile the in-place form is the functional op plus a copy into x: Inductor
-        # fuses both and reuses x's buffer, and the partitioner sees plain data flow, so it saves
-        # the codes (or recomputes them from an x it keeps anyway) rather than x and y.
         return x.copy_(y) if inplace else y
     if backend == "reference":
         forward, forward_, backward = (
@@ -164,7 +168,7 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
         )
     else:
         forward, forward_, backward = triton_kernels.code_ops()
-    if inplace and fused:
+    if copy_into_x:
         return x.copy_(forward(x, *tables, bits)[0])
     if inplace:
         return InplaceCodes.apply(x, *tables, bits, forward_, backward)[0]

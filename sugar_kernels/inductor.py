@@ -7,7 +7,7 @@ decomposition into stock aten ops that computes exactly what the kernel computes
 
 * ``relu_forward``: ``relu(x)``; ``relu_backward``: ``grad_y * g(x)`` in opmath (the closed-form
   s' of ``surrogates.surrogate_derivative``, the same formulas as ``csrc/sugar_math.h``);
-* ``relu_forward_codes`` / ``relu_forward_codes_``: ``relu(x)`` and the packed codes,
+* ``relu_forward_codes``: ``relu(x)`` and the packed codes,
   ``code = interval_codes[#{t : t < x}]`` with the count found by a branch-free binary search
   over the sorted thresholds (exact, so codes are bit-identical to the kernels'); packing as in
   ``codes.pack``;
@@ -50,7 +50,7 @@ _TAG_PREFIX = "sugar-compile="
 _state = {"mode": _DEFAULT}
 # The ops whose decomposition may decline (code modes on the CPU in "auto"): Inductor then needs a
 # registered fallback (a call to the kernel) beside the decomposition.
-_MAY_DECLINE = ("relu_forward_codes", "relu_forward_codes_", "relu_backward_codes")
+_MAY_DECLINE = ("relu_forward_codes", "relu_backward_codes")
 
 
 def decomposes(codes: bool, device_type: str) -> bool:
@@ -113,14 +113,6 @@ def relu_forward_codes(x, levels, thresholds, interval_codes, search, bits):
     return relu_forward(x, "", 0.0, ""), _encode(x, thresholds, interval_codes, bits)
 
 
-def relu_forward_codes_(x, levels, thresholds, interval_codes, search, bits):
-    if not decomposes(True, x.device.type):
-        return NotImplemented
-    codes = _encode(x, thresholds, interval_codes, bits)
-    x.copy_(relu_forward(x, "", 0.0, ""))
-    return codes
-
-
 def relu_backward_codes(grad_y, codes, levels, bits):
     if not decomposes(True, grad_y.device.type):
         return NotImplemented
@@ -136,7 +128,6 @@ _DECOMPOSITIONS = {
     "relu_forward": relu_forward,
     "relu_backward": relu_backward,
     "relu_forward_codes": relu_forward_codes,
-    "relu_forward_codes_": relu_forward_codes_,
     "relu_backward_codes": relu_backward_codes,
 }
 
@@ -205,14 +196,23 @@ def traced_for_fusion(codes: bool, device_type: str) -> bool:
 
     Evaluated by Dynamo during tracing, which makes the compiled code guard on the mode.
     """
-    if not torch.compiler.is_compiling() or _is_exporting():
+    if not torch.compiler.is_compiling() or is_exporting():
         return False
     return decomposes(codes, device_type)
 
 
-def _is_exporting() -> bool:
-    check = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
-    return bool(check and check())
+def is_exporting() -> bool:
+    """True while torch.export traces, False under torch.compile and in eager mode.
+
+    Some torch releases (2.11) fold ``torch.compiler.is_exporting()`` to True whenever Dynamo
+    traces, export or not; the flag that torch.export sets is right on every release, and Dynamo
+    reads a module attribute at trace time (guarding on it).
+    """
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    if flag is None:
+        check = getattr(torch.compiler, "is_exporting", None)
+        return bool(check and check())
+    return bool(flag)
 
 
 @contextlib.contextmanager
