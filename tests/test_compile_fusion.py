@@ -19,6 +19,7 @@ from helpers import (
     sample_inputs,
 )
 from torch import nn
+from torch._inductor.decomposition import decompositions
 from torch._inductor.utils import run_and_get_code
 
 import sugar_kernels as sk
@@ -59,15 +60,16 @@ def _tables(surrogate, region, bits, dtype, device=CPU):
 
 
 def _check_codes(x, bits, surrogate, region, msg):
-    """Decomposition vs kernel for one input and table: y, codes, in-place and backward."""
+    """Decomposition vs kernel for one input and table: y, codes and backward."""
     levels, thr, icodes, search = _tables(surrogate, region, bits, x.dtype)
     y, codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, search, bits)
     dy, dcodes = inductor.relu_forward_codes(x, levels, thr, icodes, search, bits)
     assert_bitwise_equal(dy, y, f"{msg} y")
     assert torch.equal(dcodes, codes), f"{msg} codes differ"
-    xi = x.clone()
-    assert torch.equal(inductor.relu_forward_codes_(xi, levels, thr, icodes, search, bits), codes)
-    assert_bitwise_equal(xi, y, f"{msg} in-place y")
+    # The mutating op has no decomposition: traced, its autograd turns it into the functional op
+    # and x.copy_(y) (a decomposition could read x after the write when x comes from an extern
+    # kernel through a view).
+    assert torch.ops.sugar.relu_forward_codes_.default not in decompositions
     gy = grad_output_for(x)
     want = torch.ops.sugar.relu_backward_codes(gy, codes, levels, bits)
     assert_bitwise_equal(inductor.relu_backward_codes(gy, codes, levels, bits), want, msg)
