@@ -13,6 +13,7 @@ torch are present. Environment:
 import os
 import platform
 import re
+import runpy
 import shutil
 import subprocess
 from pathlib import Path
@@ -105,6 +106,9 @@ config = (
 config_path = CSRC / "_build_config.h"
 if not config_path.exists() or config_path.read_text() != config:  # keep ninja's rebuild minimal
     config_path.write_text(config)
+# csrc/_surrogates.h: the C++ enum, names and dispatch of the surrogate catalogue
+# (sugar_kernels/surrogates.py), rewritten only when the catalogue's names change.
+runpy.run_path(str(CSRC / "generate_surrogates.py"))["generate"]()
 
 sources = ["csrc/module.cpp", "csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu_kernels.cpp"]
 if with_cuda:

@@ -9,7 +9,7 @@
 // still runs the base (AVX2) build, as ops.cpp itself is compiled for AVX2.
 #ifndef SUGAR_CPU_ISA
 #define SUGAR_CPU_ISA base
-#define SUGAR_CPU_DISPATCH 1  // this build also defines the entry points of sugar_kernels.h
+#define SUGAR_CPU_DISPATCH 1  // this build also defines the entry points of kernel_entry_points.h
 #endif
 
 #include <ATen/OpMathType.h>
@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "cell_grid.h"
-#include "sugar_kernels.h"
+#include "kernel_entry_points.h"
 
 #ifdef SUGAR_CPU_DISPATCH
 #include <ATen/Version.h>  // at::get_cpu_capability
