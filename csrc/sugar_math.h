@@ -36,7 +36,7 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kDerivativeClamp = 1.0e4;
 
 // Math<T>: the few non-operator functions the formulas need, per value type. The scalar ones
-// are below; the SIMD one (csrc/cpu_kernels.cpp) may take the shortcuts the comments allow.
+// are below; the SIMD one (csrc/cpu_vec.h) may take the shortcuts the comments allow.
 //   exp(x)                 e^x, NaN for NaN
 //   exp_nonpositive(x)     e^x for x <= 0 where a NaN x makes the caller's result NaN anyway:
 //                          any value for x > 0 or NaN (the SIMD version skips those cases)
