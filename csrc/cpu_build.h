@@ -8,8 +8,9 @@
 //   avx512  vec512_kernels.cpp (x86-64 with GCC, when setup.py defines SUGAR_CPU_AVX512), with
 //           AVX-512 enabled below by a target pragma; namespace sugar::avx512; exact kernels and
 //           the code modes of float opmath. cpu_dispatch.cpp runs it where torch itself runs
-//           AVX-512 (at::get_cpu_capability), else the base build. Both give the same bits
-//           (tests/test_cpu_kernels.py).
+//           AVX-512 (at::get_cpu_capability), else the base build (also for
+//           ATEN_CPU_CAPABILITY=default: every source is compiled for AVX2). Both give the same
+//           bits (tests/test_cpu_kernels.py).
 // A translation unit of the AVX-512 build defines SUGAR_CPU_BUILD_AVX512 and includes this header
 // before any other: the target pragma and CPU_CAPABILITY must precede at::vec's headers.
 //
