@@ -13,6 +13,7 @@ torch are present. Environment:
 import os
 import platform
 import re
+import runpy
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,7 +87,7 @@ if platform.machine() in ("x86_64", "AMD64") and os.environ.get("SUGAR_CPU_AVX2"
     cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     cpu_capability = "AVX2"
     # A second build of the CPU kernels for AVX-512, used where torch runs AVX-512 itself
-    # (csrc/vec512_kernels.cpp; it enables the instruction set with a GCC pragma).
+    # (csrc/vec512_kernels.cpp; csrc/cpu_build.h enables the instruction set there by a GCC pragma).
     cxx = shutil.which(os.environ.get("CXX", "c++")) or "c++"
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     if os.environ.get("SUGAR_CPU_AVX512", "1") == "1" and "clang" not in version.lower():
@@ -105,8 +106,18 @@ config = (
 config_path = CSRC / "_build_config.h"
 if not config_path.exists() or config_path.read_text() != config:  # keep ninja's rebuild minimal
     config_path.write_text(config)
+# csrc/_surrogates.h: the C++ enum, names and dispatch of the surrogate catalogue
+# (sugar_kernels/surrogates.py), rewritten only when the catalogue's names change.
+runpy.run_path(str(CSRC / "generate_surrogates.py"))["generate"]()
 
-sources = ["csrc/module.cpp", "csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu_kernels.cpp"]
+sources = [
+    "csrc/module.cpp",
+    "csrc/ops.cpp",
+    "csrc/autograd.cpp",
+    "csrc/cpu_kernels.cpp",
+    "csrc/cpu_dispatch.cpp",
+    "csrc/cpu_cell_grid.cpp",
+]
 if with_cuda:
     ext = CUDAExtension(
         "sugar_kernels._C",

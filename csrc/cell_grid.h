@@ -1,6 +1,6 @@
 // The cell grid of a large code table (bits = 8): host-side data shared by the AVX2 and the
-// AVX-512 code forward (cpu_kernels.cpp). Plain data: each build's kernel reads it with its own
-// instructions.
+// AVX-512 code forward (cpu_codes_avx2.h, cpu_codes_avx512.h). Plain data: each build's kernel
+// reads it with its own instructions.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +30,7 @@ struct CellGrid {
 
 // The grid for this table (sorted thresholds, count + 1 interval codes), built on first use and
 // cached by table content (thread-safe); nullptr when no grid of at most kMaxCells cells
-// separates the thresholds. Defined once, in the base build of cpu_kernels.cpp.
+// separates the thresholds. Defined in cpu_cell_grid.cpp.
 std::shared_ptr<const CellGrid> find_cell_grid(const float* thresholds,
                                                const uint8_t* interval_codes, int count);
 

@@ -10,7 +10,7 @@
 #include <type_traits>
 
 #include "sugar_chunks.h"
-#include "sugar_kernels.h"
+#include "kernel_entry_points.h"
 
 namespace sugar {
 namespace {

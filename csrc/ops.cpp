@@ -11,28 +11,15 @@
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
-#include <array>
 #include <cmath>
 #include <optional>
 #include <string_view>
 #include <tuple>
-#include <utility>
 
-#include "sugar_kernels.h"
+#include "kernel_entry_points.h"
 
 namespace sugar {
 namespace {
-
-constexpr std::array<std::pair<std::string_view, Surrogate>, 8> kSurrogateNames = {{
-    {"bsilu", Surrogate::BSiLU},
-    {"nelu", Surrogate::NeLU},
-    {"elu", Surrogate::ELU},
-    {"selu", Surrogate::SELU},
-    {"gelu", Surrogate::GELU},
-    {"silu", Surrogate::SiLU},
-    {"mish", Surrogate::Mish},
-    {"leaky_relu", Surrogate::LeakyReLU},
-}};
 
 GradParams parse_params(std::string_view surrogate, double alpha, std::string_view region) {
   std::optional<Surrogate> found;
@@ -40,7 +27,7 @@ GradParams parse_params(std::string_view surrogate, double alpha, std::string_vi
     if (name == surrogate) found = value;
   }
   TORCH_CHECK_VALUE(found.has_value(), "sugar: unknown surrogate '", surrogate,
-                    "'; valid surrogates: bsilu, nelu, elu, selu, gelu, silu, mish, leaky_relu");
+                    "'; valid surrogates: ", kSurrogateNameList);
   TORCH_CHECK_VALUE(std::isfinite(alpha), "sugar: alpha must be finite, got ", alpha);
   TORCH_CHECK_VALUE(region == "all" || region == "negative", "sugar: unknown region '", region,
                     "'; valid regions: all, negative");

@@ -16,10 +16,10 @@
 #define SUGAR_HD inline __attribute__((always_inline))
 #endif
 
-namespace sugar {
+// Surrogate (the enum), kSurrogateNames and dispatch_surrogate, generated from the catalogue.
+#include "_surrogates.h"
 
-// Order matches kSurrogateNames (ops.cpp) and SURROGATE_IDS (triton_kernels/sugar_relu.py).
-enum class Surrogate : int32_t { BSiLU, NeLU, ELU, SELU, GELU, SiLU, Mish, LeakyReLU };
+namespace sugar {
 
 struct GradParams {
   Surrogate surrogate;
@@ -36,7 +36,7 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kDerivativeClamp = 1.0e4;
 
 // Math<T>: the few non-operator functions the formulas need, per value type. The scalar ones
-// are below; the SIMD one (csrc/cpu_kernels.cpp) may take the shortcuts the comments allow.
+// are below; the SIMD one (csrc/cpu_vec.h) may take the shortcuts the comments allow.
 //   exp(x)                 e^x, NaN for NaN
 //   exp_nonpositive(x)     e^x for x <= 0 where a NaN x makes the caller's result NaN anyway:
 //                          any value for x > 0 or NaN (the SIMD version skips those cases)
@@ -88,31 +88,34 @@ SUGAR_HD SigmoidPair<T> sigmoid_pair(T x) {
   return {M::select(pos, inv, e * inv), M::select(pos, e * inv, inv), e};
 }
 
+template <Surrogate>
+constexpr bool kNoFormula = false;
+
 // s'(x) for the surrogate S (a compile-time constant, so each instantiation is branch-free).
 template <Surrogate S, typename T>
 SUGAR_HD T surrogate_derivative(T x, T alpha) {
   using M = Math<T>;
   const T one(1), zero(0), lim(kDerivativeClamp);
   x = M::clamp(x, T(0) - lim, lim);
-  if constexpr (S == Surrogate::BSiLU) {
+  if constexpr (S == Surrogate::bsilu) {
     const SigmoidPair<T> p = sigmoid_pair(x);
     return p.sig + (x + alpha) * p.sig * p.sig_c;
-  } else if constexpr (S == Surrogate::NeLU) {
+  } else if constexpr (S == Surrogate::nelu) {
     const T d = one + x * x;
     return M::select(x > zero, one, T(2) * alpha * x / (d * d));
-  } else if constexpr (S == Surrogate::ELU) {
+  } else if constexpr (S == Surrogate::elu) {
     return M::select(x > zero, one, alpha * M::exp(x));
-  } else if constexpr (S == Surrogate::SELU) {
+  } else if constexpr (S == Surrogate::selu) {
     return T(kSeluLambda) * M::select(x > zero, one, T(kSeluAlpha) * M::exp(x));
-  } else if constexpr (S == Surrogate::GELU) {
+  } else if constexpr (S == Surrogate::gelu) {
     // One exponential for both: exp(-x^2/2) is the pdf's and erfc's exp(-z^2), z = -x/sqrt2.
     const T e = M::exp_nonpositive(T(-0.5) * x * x);
     const T cdf = T(0.5) * M::erfc_given_exp((zero - x) * T(kInvSqrt2), e);
     return cdf + x * (e * T(kInvSqrt2Pi));
-  } else if constexpr (S == Surrogate::SiLU) {
+  } else if constexpr (S == Surrogate::silu) {
     const SigmoidPair<T> p = sigmoid_pair(x);
     return p.sig * (one + x * p.sig_c);
-  } else if constexpr (S == Surrogate::Mish) {
+  } else if constexpr (S == Surrogate::mish) {
     // tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2), rewritten with e = exp(-|x|).
     const SigmoidPair<T> p = sigmoid_pair(x);
     const T e = p.e;
@@ -122,9 +125,10 @@ SUGAR_HD T surrogate_derivative(T x, T alpha) {
     const T tanh_sp = M::select(pos, one + T(2) * e, n) / den;
     const T one_minus = M::select(pos, T(2) * e * e, T(2)) / den;
     return tanh_sp + x * p.sig * one_minus * (one + tanh_sp);
-  } else {
-    static_assert(S == Surrogate::LeakyReLU, "unhandled surrogate");
+  } else if constexpr (S == Surrogate::leaky_relu) {
     return M::select(x > zero, one, alpha);
+  } else {
+    static_assert(kNoFormula<S>, "surrogate_derivative has no branch for this surrogate");
   }
 }
 
@@ -133,32 +137,6 @@ template <Surrogate S, typename T>
 SUGAR_HD T grad_factor(T x, T alpha, bool negative_only) {
   const T d = surrogate_derivative<S, T>(x, alpha);
   return negative_only ? Math<T>::select(x > T(0), T(1), d) : d;
-}
-
-// Calls f(std::integral_constant<Surrogate, S>{}) for the runtime value s: hoists the choice of
-// surrogate out of a loop (the CPU kernels), or picks one kernel per surrogate on the host (the
-// CUDA kernels).
-template <typename F>
-SUGAR_HD decltype(auto) dispatch_surrogate(Surrogate s, F&& f) {
-  switch (s) {
-    case Surrogate::BSiLU: return f(std::integral_constant<Surrogate, Surrogate::BSiLU>{});
-    case Surrogate::NeLU: return f(std::integral_constant<Surrogate, Surrogate::NeLU>{});
-    case Surrogate::ELU: return f(std::integral_constant<Surrogate, Surrogate::ELU>{});
-    case Surrogate::SELU: return f(std::integral_constant<Surrogate, Surrogate::SELU>{});
-    case Surrogate::GELU: return f(std::integral_constant<Surrogate, Surrogate::GELU>{});
-    case Surrogate::SiLU: return f(std::integral_constant<Surrogate, Surrogate::SiLU>{});
-    case Surrogate::Mish: return f(std::integral_constant<Surrogate, Surrogate::Mish>{});
-    case Surrogate::LeakyReLU:
-    default: return f(std::integral_constant<Surrogate, Surrogate::LeakyReLU>{});
-  }
-}
-
-// g(x) with the surrogate chosen at run time.
-template <typename T>
-SUGAR_HD T grad_factor(T x, const GradParams& p) {
-  return dispatch_surrogate(p.surrogate, [&](auto s) {
-    return grad_factor<decltype(s)::value, T>(x, T(p.alpha), p.negative_only);
-  });
 }
 
 // Forward: exactly torch.relu (keeps -0.0 and NaN, as clamp_min(x, 0) does).

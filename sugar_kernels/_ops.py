@@ -82,9 +82,8 @@ def _relu_backward_codes_fake(grad_y, codes, levels, bits):
 # grad_y * g'(x) in x, with g' the surrogate's second derivative (0 where g is constant: x > 0
 # with region "negative", |x| beyond the derivative clamp). In code modes g is piecewise
 # constant in x (codes are not differentiable), so only grad_y gets a gradient.
-# s(x) is smooth for these: differentiate the stock-op s(x) twice. The closed forms of their s'
-# go through exp(-|x|), whose autograd derivative at exactly x = 0 is wrong (d|x|/dx = 0 there).
-_SMOOTH_SURROGATES = ("bsilu", "gelu", "silu", "mish")
+# Smooth surrogates (catalogue field `smooth`): differentiate the stock-op s(x) twice. The closed
+# forms of their s' go through exp(-|x|), whose autograd derivative at exactly x = 0 is wrong.
 
 
 def _grad_factor_derivative(x, surrogate, alpha, region):
@@ -95,7 +94,7 @@ def _grad_factor_derivative(x, surrogate, alpha, region):
     negative side as the forward semantics do (stock F.elu would put it on the positive side).
     Differentiable itself (create_graph) when grad mode is on, so higher orders stay correct.
     """
-    from .surrogates import DERIVATIVE_CLAMP, surrogate_derivative, surrogate_function
+    from .surrogates import DERIVATIVE_CLAMP, SURROGATES, surrogate_derivative, surrogate_function
 
     op = torch.float64 if x.dtype == torch.float64 else torch.float32
     create = torch.is_grad_enabled()
@@ -103,7 +102,7 @@ def _grad_factor_derivative(x, surrogate, alpha, region):
         t = x.to(op)
         if not t.requires_grad:
             t = t.detach().requires_grad_()
-        if surrogate in _SMOOTH_SURROGATES:
+        if SURROGATES[surrogate].smooth:
             s = surrogate_function(surrogate)(t, alpha)
             (ds,) = torch.autograd.grad(s, t, torch.ones_like(s), create_graph=True)
         else:

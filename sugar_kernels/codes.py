@@ -28,7 +28,7 @@ import torch
 from .surrogates import SURROGATES, grad_factor, resolve
 
 BITS = (1, 2, 4, 8)
-MAX_INTERVALS = 1024  # the kernels' table capacity (csrc/sugar_kernels.h kMaxIntervals)
+MAX_INTERVALS = 1024  # the kernels' table capacity (csrc/sugar_limits.h kMaxIntervals)
 _GRID_LIMIT = 20.0  # g(x) is at its limit beyond |x| = 20 to far below float64 resolution
 _LLOYD_POINTS = 400_001
 _PARTITION_POINTS = 400_001

@@ -5,26 +5,25 @@ from __future__ import annotations
 import torch
 
 from .codes import decode_reference, encode_reference
-from .surrogates import grad_factor, surrogate_function
+from .surrogates import SURROGATES, grad_factor, surrogate_function
 
 
 def paper_formula(
-    x: torch.Tensor, surrogate: str = "bsilu", alpha: float = 1.67, region: str = "all"
+    x: torch.Tensor, surrogate: str = "bsilu", alpha: float | None = None, region: str = "all"
 ) -> torch.Tensor:
-    """The paper's forward gradient injection, ``s(x) - s(x).detach() + relu(x).detach()``.
+    """The paper's forward gradient injection, ``s(x) - s(x).detach() + relu(x).detach()``;
+    ``alpha=None``: the surrogate's default.
 
     With ``region="negative"`` the injected function is x for x > 0 and s(x) for x <= 0, so the
     gradient is 1 on the positive side. Forward equals relu(x) up to rounding of s - s; use it as a
     gradient oracle (autograd through stock PyTorch functions) and as the baseline in benchmarks.
     """
+    if alpha is None:
+        alpha = SURROGATES[surrogate].alpha or 0.0
     s = surrogate_function(surrogate)(x, alpha)
     if region == "negative":
         s = torch.where(x > 0, x, s)
     return s - s.detach() + torch.relu(x).detach()
-
-
-def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def reference_backward(

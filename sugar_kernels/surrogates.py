@@ -12,7 +12,7 @@ Two independent formulations live here on purpose:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +26,19 @@ DERIVATIVE_CLAMP = 1.0e4
 
 @dataclass(frozen=True)
 class Surrogate:
-    """One entry of the catalogue. ``alpha`` is the default parameter, None if there is none."""
+    """One entry of the catalogue, the single list of surrogates for every language: the C++ enum,
+    names and dispatch are generated from these rows (csrc/generate_surrogates.py reads them from
+    this file's source, so the row arguments must be literals), the Triton ids are derived from
+    them. Each surrogate also needs its formulas: s(x) in ``surrogate_function``, s'(x) in
+    ``surrogate_derivative``, csrc/sugar_math.h and the Triton ``grad_factor``."""
 
     name: str
-    alpha: float | None
+    alpha: float | None  # the parameter's default; None: the surrogate has no parameter
     formula: str  # s'(x), for documentation
+    # True: s(x) from stock PyTorch ops is smooth at 0, so its second derivative comes from double
+    # autograd of s(x); False (piecewise at 0): from autograd of the closed-form s'(x).
+    smooth: bool
+    id: int = -1  # position in SURROGATES: the C++ enum value and the Triton compile-time id
 
     @property
     def has_alpha(self) -> bool:
@@ -38,16 +46,18 @@ class Surrogate:
 
 
 SURROGATES: dict[str, Surrogate] = {
-    s.name: s
-    for s in (
-        Surrogate("bsilu", 1.67, "sigma(x) + (x+alpha) sigma(x) (1-sigma(x))"),
-        Surrogate("nelu", 0.01, "1 for x>0; 2 alpha x / (1+x^2)^2 for x<=0"),
-        Surrogate("elu", 1.0, "1 for x>0; alpha e^x for x<=0"),
-        Surrogate("selu", None, "lambda for x>0; lambda alpha0 e^x for x<=0"),
-        Surrogate("gelu", None, "Phi(x) + x phi(x)"),
-        Surrogate("silu", None, "sigma(x) (1 + x (1-sigma(x)))"),
-        Surrogate("mish", None, "tanh(sp(x)) + x sigma(x) (1 - tanh^2(sp(x)))"),
-        Surrogate("leaky_relu", 0.01, "1 for x>0; alpha for x<=0"),
+    s.name: replace(s, id=i)
+    for i, s in enumerate(
+        (
+            Surrogate("bsilu", 1.67, "sigma(x) + (x+alpha) sigma(x) (1-sigma(x))", smooth=True),
+            Surrogate("nelu", 0.01, "1 for x>0; 2 alpha x / (1+x^2)^2 for x<=0", smooth=False),
+            Surrogate("elu", 1.0, "1 for x>0; alpha e^x for x<=0", smooth=False),
+            Surrogate("selu", None, "lambda for x>0; lambda alpha0 e^x for x<=0", smooth=False),
+            Surrogate("gelu", None, "Phi(x) + x phi(x)", smooth=True),
+            Surrogate("silu", None, "sigma(x) (1 + x (1-sigma(x)))", smooth=True),
+            Surrogate("mish", None, "tanh(sp(x)) + x sigma(x) (1 - tanh^2(sp(x)))", smooth=True),
+            Surrogate("leaky_relu", 0.01, "1 for x>0; alpha for x<=0", smooth=False),
+        )
     )
 }
 REGIONS = ("all", "negative")
@@ -162,7 +172,8 @@ def surrogate_derivative(name: str, x: torch.Tensor, alpha: float) -> torch.Tens
 
 
 def grad_factor(x: torch.Tensor, surrogate: str, alpha: float, region: str) -> torch.Tensor:
-    """g(x): the factor backward multiplies grad_y by (DESIGN.md, "Semantics")."""
+    """g(x): the factor backward multiplies grad_y by: s'(x) everywhere for region "all"; for
+    region "negative", 1 for x > 0 and s'(x) for x <= 0."""
     d = surrogate_derivative(surrogate, x, alpha)
     if region == "negative":
         d = torch.where(x > 0, torch.ones_like(d), d)

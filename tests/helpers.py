@@ -39,13 +39,14 @@ INT_VIEW = {
     torch.bfloat16: torch.int16,
 }
 LARGE_SIZE = 1_000_003  # ragged, > 2^19 so the CPU kernels split it over threads
-# A non-default value for every surrogate that has a parameter.
-CUSTOM_ALPHA = {"bsilu": 0.5, "nelu": 0.25, "elu": 1.7, "leaky_relu": 0.2}
+# A non-default value for every surrogate that has a parameter: these, else twice the default.
+_CHOSEN_ALPHA = {"bsilu": 0.5, "nelu": 0.25, "elu": 1.7, "leaky_relu": 0.2}
+CUSTOM_ALPHA = {
+    name: _CHOSEN_ALPHA.get(name, 2 * s.alpha) for name, s in sk.SURROGATES.items() if s.has_alpha
+}
 
-# (surrogate, alpha) pairs: default alpha (None) for all eight, plus the custom one where defined.
-SURROGATE_ALPHAS = [(name, None) for name in sk.SURROGATES] + [
-    (name, CUSTOM_ALPHA[name]) for name in sk.SURROGATES if sk.SURROGATES[name].has_alpha
-]
+# (surrogate, alpha) pairs: default alpha (None) for every surrogate, plus the custom one.
+SURROGATE_ALPHAS = [(name, None) for name in sk.SURROGATES] + list(CUSTOM_ALPHA.items())
 
 
 def surrogate_alpha_id(pair) -> str:

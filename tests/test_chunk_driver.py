@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import runpy
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +24,12 @@ import sugar_kernels as sk  # noqa: F401
 from sugar_kernels import codes
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "tests/cpp/chunk_driver.cpp", *sorted((ROOT / "csrc").glob("sugar_*.h"))]
+GENERATED = ROOT / "csrc" / "_surrogates.h"  # from the surrogate catalogue
+SOURCES = [
+    ROOT / "tests/cpp/chunk_driver.cpp",
+    *sorted((ROOT / "csrc").glob("sugar_*.h")),
+    GENERATED,
+]
 N = 4099  # ragged: 512 full chunks of 8 and a tail of 3
 DTYPES = {
     "float32": torch.float32,
@@ -42,6 +48,7 @@ def driver(tmp_path_factory) -> Path:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.fail("no C++ compiler (g++) found: the chunk driver cannot be built")
+    runpy.run_path(str(ROOT / "csrc" / "generate_surrogates.py"))["generate"](GENERATED)
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
     exe = ROOT / "build" / f"chunk_driver-{digest}"
     if not exe.exists():

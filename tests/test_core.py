@@ -324,6 +324,18 @@ def test_grad_factor_matches_paper_autograd(surrogate, alpha, region):
     )
 
 
+@pytest.mark.parametrize("surrogate", list(sk.SURROGATES))
+def test_paper_formula_default_alpha_is_the_surrogates(surrogate):
+    """Without alpha, the paper's formula uses the surrogate's own default, as sugar_relu does
+    (e.g. 1.0 for elu, not bsilu's 1.67)."""
+    x = _finite_grid(torch.float64)
+    ones = torch.ones_like(x)
+    xp = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(sk.paper_formula(xp, surrogate), xp, ones)
+    _, a, _ = resolve(surrogate, None, "all")
+    assert_grad_close(g, grad_factor(x, surrogate, a, "all"), ones, torch.float64, surrogate)
+
+
 @pytest.mark.parametrize("region", REGIONS)
 @pytest.mark.parametrize(
     "surrogate, alpha", SURROGATE_ALPHAS, ids=[surrogate_alpha_id(p) for p in SURROGATE_ALPHAS]

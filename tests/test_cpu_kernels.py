@@ -26,7 +26,7 @@ from sugar_kernels import codes as C
 
 pytestmark = pytest.mark.skipif(not sk.build_info()["cpu_compiled"], reason="no CPU kernels")
 
-STEP = 16  # elements per SIMD step in csrc/cpu_kernels.cpp
+STEP = 16  # elements per SIMD step in csrc/cpu_codes_avx2.h
 
 
 def _input(n, dtype, seed=0):

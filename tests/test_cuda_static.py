@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import shutil
 import subprocess
 from collections import Counter
@@ -53,6 +54,7 @@ def compiled(tmp_path_factory):
         pytest.skip("nvcc not found (CUDA_HOME, /usr/local/cuda, PATH): static CUDA checks skipped")
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
+    runpy.run_path(str(ROOT / "csrc" / "generate_surrogates.py"))["generate"]()  # _surrogates.h
     out = tmp_path_factory.mktemp("cuda_static") / "kernels.cubin"
     torch_include = Path(torch.__file__).parent / "include"
     cmd = [

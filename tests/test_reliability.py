@@ -103,7 +103,7 @@ def _second_derivative_at_zero(surrogate: str) -> torch.Tensor:
     negative-side (x <= 0) derivative, as in the forward semantics."""
     _, alpha, _ = sk.surrogates.resolve(surrogate, None, "all")
     t = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    if surrogate in ("bsilu", "gelu", "silu", "mish"):
+    if sk.SURROGATES[surrogate].smooth:
         s = sk.surrogates.surrogate_function(surrogate)(t, alpha)
         (d1,) = torch.autograd.grad(s.sum(), t, create_graph=True)
     else:
@@ -217,7 +217,7 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(backend, mode, dtyp
     n = LARGE_SIZE
     if backend == "triton":  # on CPU only under the (slow, bfloat16-less) interpreter
         if dtype == torch.bfloat16:
-            pytest.skip("the Triton interpreter has no bfloat16 (DESIGN.md)")
+            pytest.skip("the Triton interpreter has no bfloat16")
         n = 65_537
     x = (torch.randn(n, generator=_gen(8)) * 4).to(dtype)
     go = torch.randn(n, generator=_gen(9)).to(dtype)

@@ -62,7 +62,7 @@ except ImportError as exc:  # pragma: no cover - another triton
     )
 
 from sugar_kernels.triton_kernels import codes as C  # noqa: E402
-from sugar_kernels.triton_kernels import sugar_relu as S  # noqa: E402
+from sugar_kernels.triton_kernels import exact as S  # noqa: E402
 
 ARCHS = (80, 90)
 KERNELS = ("relu_forward", "relu_backward", "relu_forward_codes", "relu_backward_codes")

@@ -39,7 +39,7 @@ _ok, _why = triton_kernels.triton_status("cuda")
 if not _ok:
     pytest.skip(f"Triton cannot run CUDA tensors here: {_why}", allow_module_level=True)
 
-from sugar_kernels.triton_kernels import sugar_relu  # noqa: E402
+from sugar_kernels.triton_kernels import exact  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -137,7 +137,7 @@ def test_expanded_grad():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_autotuned_path(dtype):
     """Tensors of at least AUTOTUNE_MIN_ELEMENTS go through triton.autotune."""
-    n = sugar_relu.AUTOTUNE_MIN_ELEMENTS + 3
+    n = exact.AUTOTUNE_MIN_ELEMENTS + 3
     g = torch.Generator().manual_seed(5)
     x0 = (torch.randn(n, generator=g, dtype=torch.float64) * 4).to(dtype).to(DEVICE)
     x, y, grad_out, grad_x = run(x0, "gelu", None, "all")
@@ -178,7 +178,7 @@ def test_opcheck(name):
 
 @pytest.mark.parametrize(
     "shape,layout",
-    [((8, 16, 24, 40), "channels_last"), ((sugar_relu.AUTOTUNE_MIN_ELEMENTS + 5,), "autotuned")],
+    [((8, 16, 24, 40), "channels_last"), ((exact.AUTOTUNE_MIN_ELEMENTS + 5,), "autotuned")],
     ids=["channels_last", "autotuned"],
 )
 def test_compile_fullgraph(shape, layout):
@@ -284,7 +284,7 @@ def test_codes_layouts(name, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_codes_autotuned_path(dtype, bits):
     """Tensors of at least AUTOTUNE_MIN_ELEMENTS go through triton.autotune."""
-    n = sugar_relu.AUTOTUNE_MIN_ELEMENTS + 3
+    n = exact.AUTOTUNE_MIN_ELEMENTS + 3
     g = torch.Generator().manual_seed(6)
     x = (torch.randn(n, generator=g, dtype=torch.float64) * 3).to(dtype).to(DEVICE)
     check_codes(x, code_tables("selu", "all", bits, dtype), bits, "autotuned")
@@ -348,8 +348,8 @@ def test_codes_opcheck(bits, name):
     [
         ((8, 16, 24, 40), 8, False),
         ((8, 16, 24, 40), 2, True),
-        ((sugar_relu.AUTOTUNE_MIN_ELEMENTS + 5,), 4, False),
-        ((sugar_relu.AUTOTUNE_MIN_ELEMENTS + 5,), 1, True),
+        ((exact.AUTOTUNE_MIN_ELEMENTS + 5,), 4, False),
+        ((exact.AUTOTUNE_MIN_ELEMENTS + 5,), 1, True),
     ],
     ids=["channels_last-8", "channels_last-2-inplace", "autotuned-4", "autotuned-1-inplace"],
 )

@@ -16,7 +16,7 @@ import torch
 
 try:
     from . import codes as _codes
-    from . import sugar_relu as _impl
+    from . import exact as _impl
 
     IMPORT_ERROR: str | None = None
 except ImportError as exc:  # triton missing (or too old for this package)

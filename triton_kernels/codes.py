@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from .sugar_relu import (
+from .exact import (
     AUTOTUNE_MIN_ELEMENTS,
     Launch,
     _check_tensor,
@@ -41,7 +41,7 @@ from .sugar_relu import (
 )
 
 BITS = (1, 2, 4, 8)
-# Table capacity, as csrc/sugar_kernels.h kMaxIntervals (sugar_kernels.codes.MAX_INTERVALS). The
+# Table capacity, as csrc/sugar_limits.h kMaxIntervals (sugar_kernels.codes.MAX_INTERVALS). The
 # Triton kernels gather from global memory and need no fixed capacity; the limit keeps the ops'
 # argument checks identical to the C++ ones.
 MAX_INTERVALS = 1024

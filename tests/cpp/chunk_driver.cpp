@@ -227,7 +227,7 @@ void check_exact(const Data<scalar_t>& d, int64_t n, size_t offset) {
   }
   const T alpha = T(0.5);
   for (bool negative : {false, true}) {
-    for (int s = 0; s <= static_cast<int>(Surrogate::LeakyReLU); ++s) {
+    for (int s = 0; s < kSurrogateCount; ++s) {
       dispatch_surrogate(static_cast<Surrogate>(s), [&](auto surrogate) {
         constexpr Surrogate S = decltype(surrogate)::value;
         ++cases;

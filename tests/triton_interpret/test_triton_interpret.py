@@ -36,7 +36,7 @@ from tests.helpers import (  # noqa: E402
 if triton_kernels.IMPORT_ERROR is not None:
     pytest.skip(triton_kernels.IMPORT_ERROR, allow_module_level=True)
 
-from sugar_kernels.triton_kernels import sugar_relu  # noqa: E402
+from sugar_kernels.triton_kernels import exact  # noqa: E402
 
 # exp overflows (harmlessly) on the x > 0 side of elu/selu, which a select then discards; numpy
 # warns about it where the compiled kernels are silent.
@@ -118,7 +118,7 @@ def test_sizes(n):
 def test_sizes_autotuned_path(n, monkeypatch):
     """Large tensors go through triton.autotune (one 2048-element config under the interpreter);
     lower the size threshold so that path runs on small inputs."""
-    monkeypatch.setattr(sugar_relu, "AUTOTUNE_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(exact, "AUTOTUNE_MIN_ELEMENTS", 1)
     check_size(n)
 
 

@@ -1,5 +1,6 @@
-// Host-side declarations shared by ops.cpp (checks, allocation, registration) and the kernel
-// files. Kernels work on the flat storage of dense tensors: pointers + element count.
+// The kernels' entry points as the host code (ops.cpp) calls them, defined in cpu_dispatch.cpp
+// and cuda_kernels.cu, and the host-side helpers they share (dtype dispatch, code tables).
+// Kernels work on the flat storage of dense tensors: pointers + element count.
 #pragma once
 
 #include <c10/core/ScalarType.h>

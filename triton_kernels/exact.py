@@ -1,8 +1,11 @@
-"""SUGAR in Triton: ReLU forward and surrogate-gradient backward, registered with triton_op.
+"""SUGAR in Triton, exact mode (bits=None): ReLU forward and surrogate-gradient backward,
+registered with triton_op; also the surrogate math and the launch helpers the code-mode kernels
+(``codes.py``) share.
 
-The surrogate math lives in this module once: one ``@triton.jit`` helper per surrogate and
-``grad_factor``, which dispatches on a compile-time surrogate id and region flag. The formulas are
-the ones of ``sugar_kernels/surrogates.py`` (``surrogate_derivative``) and ``csrc/sugar_math.h``:
+The surrogate math lives in this module once: ``grad_factor``, one branch per surrogate, chosen
+by a compile-time surrogate id (the catalogue position, ``SURROGATE_IDS``) and region flag. The
+formulas are those of ``sugar_kernels/surrogates.py`` (``surrogate_derivative``) and
+``csrc/sugar_math.h``:
 |x| clamped to 1e4 (NaN passes through), sigmoid from one exp, mish without overflow, x <= 0 the
 negative side. Arithmetic is float32 for half/bfloat16/float32 inputs and float64 for float64.
 
@@ -33,6 +36,8 @@ from torch.library import triton_op, wrap_triton
 from triton.language.extra import libdevice
 from triton.runtime.interpreter import InterpretedFunction
 
+from ..surrogates import REGIONS, SURROGATES
+
 
 @triton.jit
 def _interpret_probe():
@@ -45,18 +50,10 @@ INTERPRET = isinstance(_interpret_probe, InterpretedFunction)
 # globals into its generated code).
 _INTERPRET = tl.constexpr(INTERPRET)
 
-# Order matches sugar::Surrogate in csrc/sugar_math.h.
-SURROGATE_IDS = {
-    "bsilu": 0,
-    "nelu": 1,
-    "elu": 2,
-    "selu": 3,
-    "gelu": 4,
-    "silu": 5,
-    "mish": 6,
-    "leaky_relu": 7,
-}
-REGIONS = ("all", "negative")
+# The kernels' compile-time surrogate id: the position in the catalogue (the C++ enum's value).
+SURROGATE_IDS = {name: s.id for name, s in SURROGATES.items()}
+# The names by id, for grad_factor's branches (a constexpr tuple: torch.compile copies it along).
+_SURROGATE_NAMES = tl.constexpr(tuple(SURROGATE_IDS))
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # Float constants are tl.constexpr so that float64 kernels get them in float64 (a Python float
@@ -165,79 +162,42 @@ def _erfc(x):
 
 
 @triton.jit
-def bsilu_grad(x, alpha):
-    sig, sig_c, _ = _sigmoid_pair(x)
-    return sig + (x + alpha) * sig * sig_c
-
-
-@triton.jit
-def nelu_grad(x, alpha):
-    d = 1 + x * x
-    return tl.where(x > 0, 1, 2 * alpha * x / (d * d))
-
-
-@triton.jit
-def elu_grad(x, alpha):
-    return tl.where(x > 0, 1, alpha * tl.exp(x))
-
-
-@triton.jit
-def selu_grad(x):
-    return _SELU_LAMBDA * tl.where(x > 0, 1, _SELU_ALPHA * tl.exp(x))
-
-
-@triton.jit
-def gelu_grad(x):
-    cdf = 0.5 * _erfc((0 - x) * _INV_SQRT2)
-    pdf = tl.exp(-0.5 * x * x) * _INV_SQRT_2PI
-    return cdf + x * pdf
-
-
-@triton.jit
-def silu_grad(x):
-    sig, sig_c, _ = _sigmoid_pair(x)
-    return sig * (1 + x * sig_c)
-
-
-@triton.jit
-def mish_grad(x):
-    # tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2), rewritten with e = exp(-|x|) so that
-    # nothing overflows and 1 - tanh is computed without cancellation.
-    sig, _, e = _sigmoid_pair(x)
-    pos = x >= 0
-    n = e * (e + 2)
-    den = tl.where(pos, 1 + 2 * e + 2 * e * e, n + 2)
-    tanh_sp = tl.where(pos, 1 + 2 * e, n) / den
-    one_minus = tl.where(pos, 2 * e * e, 2) / den
-    return tanh_sp + x * sig * one_minus * (1 + tanh_sp)
-
-
-@triton.jit
-def leaky_relu_grad(x, alpha):
-    return tl.where(x > 0, 1, alpha)
-
-
-@triton.jit
 def grad_factor(x, alpha, SURROGATE: tl.constexpr, NEGATIVE_ONLY: tl.constexpr):
     # g(x): the derivative of surrogate number SURROGATE; 1 for x > 0 when NEGATIVE_ONLY.
     xc = tl.where(x < -_DERIVATIVE_CLAMP, -_DERIVATIVE_CLAMP, x)
     xc = tl.where(xc > _DERIVATIVE_CLAMP, _DERIVATIVE_CLAMP, xc)  # NaN passes through
-    if SURROGATE == 0:
-        d = bsilu_grad(xc, alpha)
-    elif SURROGATE == 1:
-        d = nelu_grad(xc, alpha)
-    elif SURROGATE == 2:
-        d = elu_grad(xc, alpha)
-    elif SURROGATE == 3:
-        d = selu_grad(xc)
-    elif SURROGATE == 4:
-        d = gelu_grad(xc)
-    elif SURROGATE == 5:
-        d = silu_grad(xc)
-    elif SURROGATE == 6:
-        d = mish_grad(xc)
+    name: tl.constexpr = _SURROGATE_NAMES[SURROGATE]
+    if name == "bsilu":
+        sig, sig_c, _ = _sigmoid_pair(xc)
+        d = sig + (xc + alpha) * sig * sig_c
+    elif name == "nelu":
+        den = 1 + xc * xc
+        d = tl.where(xc > 0, 1, 2 * alpha * xc / (den * den))
+    elif name == "elu":
+        d = tl.where(xc > 0, 1, alpha * tl.exp(xc))
+    elif name == "selu":
+        d = _SELU_LAMBDA * tl.where(xc > 0, 1, _SELU_ALPHA * tl.exp(xc))
+    elif name == "gelu":
+        cdf = 0.5 * _erfc((0 - xc) * _INV_SQRT2)
+        pdf = tl.exp(-0.5 * xc * xc) * _INV_SQRT_2PI
+        d = cdf + xc * pdf
+    elif name == "silu":
+        sig, sig_c, _ = _sigmoid_pair(xc)
+        d = sig * (1 + xc * sig_c)
+    elif name == "mish":
+        # tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2), rewritten with e = exp(-|x|) so
+        # that nothing overflows and 1 - tanh is computed without cancellation.
+        sig, _, e = _sigmoid_pair(xc)
+        pos = xc >= 0
+        n = e * (e + 2)
+        den = tl.where(pos, 1 + 2 * e + 2 * e * e, n + 2)
+        tanh_sp = tl.where(pos, 1 + 2 * e, n) / den
+        one_minus = tl.where(pos, 2 * e * e, 2) / den
+        d = tanh_sp + xc * sig * one_minus * (1 + tanh_sp)
+    elif name == "leaky_relu":
+        d = tl.where(xc > 0, 1, alpha)
     else:
-        d = leaky_relu_grad(xc, alpha)
+        tl.static_assert(False, "grad_factor has no branch for this surrogate")
     if NEGATIVE_ONLY:
         d = tl.where(x > 0, 1, d)
     return d
