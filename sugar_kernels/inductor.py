@@ -29,8 +29,10 @@ Compile modes (``sugar_kernels.set_compile_mode``, the context manager ``compile
 * ``"opaque"``: every op calls its kernel (C++/CUDA/Triton), as in eager mode (debugging, or
   wherever a measurement shows the kernels win).
 
-A mode other than the default is part of the compile caches' key
-(``torch.compiler.config.cache_key_tag`` gets a ``sugar-compile=<mode>`` entry), and
+The compile caches' key (``torch.compiler.config.cache_key_tag``) always carries this build of
+sugar-kernels (``sugar-build=<fingerprint>``: what the ops trace into, and so what a cached
+graph computes, changes with the library, and torch's on-disk caches do not key on it) and a mode
+other than the default (``sugar-compile=<mode>``), and
 ``sugar_relu`` reads the mode while Dynamo traces, so Dynamo guards on it: switching the mode
 recompiles instead of reusing code made for another mode.
 """
@@ -38,7 +40,10 @@ recompiles instead of reusing code made for another mode.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -47,6 +52,7 @@ from .surrogates import grad_factor
 MODES = ("auto", "fused", "opaque")
 _DEFAULT = "auto"
 _TAG_PREFIX = "sugar-compile="
+_BUILD_TAG_PREFIX = "sugar-build="
 _state = {"mode": _DEFAULT}
 # The ops whose decomposition may decline (code modes on the CPU in "auto"): Inductor then needs a
 # registered fallback (a call to the kernel) beside the decomposition.
@@ -167,11 +173,30 @@ def _apply(mode: str) -> None:
     if fast is not None and hasattr(fast, "cache_clear"):
         fast.cache_clear()
     cfg = torch.compiler.config
-    tags = [t for t in cfg.cache_key_tag.split(";") if t and not t.startswith(_TAG_PREFIX)]
+    tags = [
+        t
+        for t in cfg.cache_key_tag.split(";")
+        if t and not t.startswith((_TAG_PREFIX, _BUILD_TAG_PREFIX))
+    ]
+    tags.append(_BUILD_TAG_PREFIX + _build_fingerprint())
     if mode != _DEFAULT:
         tags.append(_TAG_PREFIX + mode)
     cfg.cache_key_tag = ";".join(tags)
     _state["mode"] = mode
+
+
+@functools.cache
+def _build_fingerprint() -> str:
+    """Changes whenever a file of the installed package (Python sources, the compiled extension,
+    the Triton kernels) changes: a hash of their names, sizes and modification times."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for root in (package, package / "triton_kernels"):
+        for path in sorted(root.resolve().glob("*")):
+            if path.suffix in (".py", ".so", ".pyd"):
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
 
 
 def set_compile_mode(mode: str) -> None:

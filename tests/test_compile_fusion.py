@@ -200,6 +200,9 @@ def test_compile_modes_and_cache_key(fresh_dynamo):
     assert _calls(results["fused"][0]) == set()
     assert _calls(results["opaque"][0]) == set(EXACT_OPS + CODE_OPS)
     assert "sugar-compile" not in torch.compiler.config.cache_key_tag
+    # Every mode keys the caches on this build: a graph cached by another version of the library
+    # (which may trace the ops differently) is never reused.
+    assert f"sugar-build={inductor._build_fingerprint()}" in torch.compiler.config.cache_key_tag
     for mode in ("fused", "opaque"):
         for a, b in zip(results[mode][1], auto_grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
