@@ -1,173 +1,96 @@
-"""Per-call cost of a training step through the module: SugarReLU against nn.ReLU (issue 12).
+"""Per-call cost of a training step through the module: SugarReLU against nn.ReLU.
 
-``python -m benchmarks.overhead [--quick]`` times forward + backward of ``SugarReLU`` and of
-``nn.ReLU`` on small CPU tensors (2^10..2^16 elements, 1 and 2 threads), where a call's fixed
-cost (Python, dispatcher, autograd) is a large part of its time. Each sample is the mean of a
-batch of calls; samples of the two modules alternate (order swapped every sample) in one
-process. Rows: exact mode (default B-SiLU surrogate), bits=8, bits=1 (NeLU, negative region) and
-bits=8 in place against ``nn.ReLU(inplace=True)`` (both on a fresh non-leaf ``x * 1``, whose
-multiplication both sides pay). Target: SugarReLU <= 1.5x nn.ReLU; verdicts by
-``benchmarks.common.verdict``. Writes ``results/overhead.csv`` and prints a markdown table.
+    python -m benchmarks.overhead [--quick]
+
+Times ``module(x).backward(g)`` of SugarReLU and of nn.ReLU on small CPU tensors (2^10..2^16
+elements, 1 and 2 threads), where a call's fixed cost (Python, dispatcher, autograd) is much of
+its time. Each sample is the mean of a batch of calls; the two modules' samples are
+interleaved. Configurations: exact (bsilu), bits=8, bits=1 (nelu, negative region), and bits=8
+in place against nn.ReLU(inplace=True), both on a fresh non-leaf ``x * 1`` that both pay for.
 """
 
 from __future__ import annotations
-
-import argparse
-import csv
-import gc
-import os
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import sugar_kernels as sk
 
-from . import START_LOAD
-from .common import cpu_name, git_commit, machine_load_note, markdown_table, utc_now, verdict
+from .common import (
+    TARGETS,
+    Case,
+    Timer,
+    environment,
+    header,
+    interleaved,
+    markdown_table,
+    parser,
+    size_label,
+    verdict,
+    worst,
+    write_csv,
+    write_report,
+)
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
-TARGET = 1.5
 SIZES = (1 << 10, 1 << 12, 1 << 14, 1 << 16)
-# name -> (our module, the baseline module, whether the input is a fresh non-leaf)
+# name -> (the SugarReLU arguments, whether both modules run in place on a fresh non-leaf)
 CONFIGS = {
-    "exact bsilu": (lambda: sk.SugarReLU("bsilu"), lambda: nn.ReLU(), False),
-    "bits=8 bsilu": (lambda: sk.SugarReLU("bsilu", bits=8), lambda: nn.ReLU(), False),
-    "bits=1 nelu negative": (
-        lambda: sk.SugarReLU("nelu", bits=1, region="negative"),
-        lambda: nn.ReLU(),
-        False,
-    ),
-    "bits=8 bsilu in place": (
-        lambda: sk.SugarReLU("bsilu", bits=8, inplace=True),
-        lambda: nn.ReLU(inplace=True),
-        True,
-    ),
+    "exact bsilu": (dict(), False),
+    "bits=8 bsilu": (dict(bits=8), False),
+    "bits=1 nelu negative": (dict(surrogate="nelu", bits=1, region="negative"), False),
+    "bits=8 bsilu in place": (dict(bits=8, inplace=True), True),
 }
 
 
-def step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, fresh: bool):
+def step(module: nn.Module, x: torch.Tensor, g: torch.Tensor, fresh: bool):
     def run():
-        module(x * 1 if fresh else x).backward(grad)
+        module(x * 1 if fresh else x).backward(g)
 
     return run
 
 
-def sample(fn, batch: int) -> float:
-    start = time.perf_counter()
-    for _ in range(batch):
-        fn()
-    return (time.perf_counter() - start) / batch
-
-
-def measure(ours, theirs, samples: int, batch: int) -> tuple[list[float], list[float]]:
-    for fn in (ours, theirs):  # warm-up: allocator, tables, code paths
-        sample(fn, batch)
-    a, b = [], []
-    gc.disable()  # a collection inside one sample would be charged to whichever module ran
-    try:
-        for i in range(samples):
-            pairs = ((ours, a), (theirs, b)) if i % 2 == 0 else ((theirs, b), (ours, a))
-            for fn, out in pairs:
-                out.append(sample(fn, batch))
-    finally:
-        gc.enable()
-    return a, b
-
-
-def rows(threads_list, sizes, samples: int) -> list[dict]:
-    out = []
-    for threads in threads_list:
+def main(argv=None) -> int:
+    ap = parser("benchmarks.overhead", __doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
+    args = ap.parse_args(argv)
+    sizes = SIZES[:1] if args.dry_run else SIZES
+    samples = 3 if args.dry_run else 21 if args.quick else 61
+    limit, timer, rows = TARGETS["overhead"][1], Timer("cpu"), []
+    for threads in (1,) if args.dry_run else (1, 2):
         torch.set_num_threads(threads)
         for n in sizes:
-            x = torch.randn(n, requires_grad=True)
-            grad = torch.randn(n)
-            batch = max(4, (1 << 16) // n * 4)
-            for name, (make_ours, make_theirs, fresh) in CONFIGS.items():
-                ours, theirs = measure(
-                    step(make_ours(), x, grad, fresh),
-                    step(make_theirs(), x, grad, fresh),
-                    samples,
-                    batch,
+            x, g = torch.randn(n, requires_grad=True), torch.randn(n)
+            batch = 2 if args.dry_run else max(4, (1 << 18) // n)
+            for name, (kwargs, fresh) in CONFIGS.items():
+                ours, relu = sk.SugarReLU(**kwargs), nn.ReLU(inplace=fresh)
+                cases = [
+                    Case("ours", step(ours, x, g, fresh)),
+                    Case("relu", step(relu, x, g, fresh)),
+                ]
+                # one sample of each per round: the two modules alternate
+                reps = dict(min_reps=samples, max_reps=samples, rounds=samples)
+                t = interleaved(timer, cases, **reps, batch=batch, warmup=1)
+                a, b = t.stats["ours"], t.stats["relu"]
+                rows.append(
+                    dict(config=name, threads=threads, numel=n)
+                    | dict(ours_us=f"{min(a.samples) * 1e6:.1f} / {a.median_ms * 1e3:.1f}")
+                    | dict(relu_us=f"{min(b.samples) * 1e6:.1f} / {b.median_ms * 1e3:.1f}")
+                    | dict(ratio_median=f"{a.median_ms / b.median_ms:.2f}")
+                    | dict(ratio_range=f"{a.ms(20) / b.ms(80):.2f}-{a.ms(80) / b.ms(20):.2f}")
+                    | dict(verdict=verdict(a.samples, b.samples, limit, others=t.others))
+                    | dict(others_cores=t.others)
                 )
-                q_o = statistics.quantiles(ours, n=5, method="inclusive")
-                q_t = statistics.quantiles(theirs, n=5, method="inclusive")
-                out.append(
-                    {
-                        "config": name,
-                        "threads": threads,
-                        "numel": n,
-                        "ours_min_us": min(ours) * 1e6,
-                        "ours_median_us": statistics.median(ours) * 1e6,
-                        "relu_min_us": min(theirs) * 1e6,
-                        "relu_median_us": statistics.median(theirs) * 1e6,
-                        "ratio_min": min(ours) / min(theirs),
-                        "ratio_median": statistics.median(ours) / statistics.median(theirs),
-                        "ratio_p20_p80": f"{q_o[0] / q_t[3]:.2f}-{q_o[3] / q_t[0]:.2f}",
-                        "verdict": verdict(ours, theirs, TARGET),
-                    }
-                )
-                print(f"  {name}, {threads} thread(s), 2^{n.bit_length() - 1}", file=sys.stderr)
-    return out
-
-
-def markdown(records: list[dict]) -> str:
-    headers = [
-        "SugarReLU config",
-        "threads",
-        "elements",
-        "ours min / median us",
-        "nn.ReLU min / median us",
-        "ratio (min)",
-        "ratio (median)",
-        "ratio p20-p80 range",
-        "verdict (<= 1.5x)",
-    ]
-    rows = [
-        [
-            r["config"],
-            r["threads"],
-            f"2^{r['numel'].bit_length() - 1}",
-            f"{r['ours_min_us']:.1f} / {r['ours_median_us']:.1f}",
-            f"{r['relu_min_us']:.1f} / {r['relu_median_us']:.1f}",
-            f"{r['ratio_min']:.2f}",
-            f"{r['ratio_median']:.2f}",
-            r["ratio_p20_p80"],
-            r["verdict"],
-        ]
-        for r in records
-    ]
-    lines = [markdown_table(headers, rows, align="l" * len(headers))]
-    counts = {v: sum(r["verdict"] == v for r in records) for v in ("met", "missed", "inconclusive")}
-    lines += [
-        "",
-        f"met: {counts['met']}, missed: {counts['missed']}, inconclusive: "
-        f"{counts['inconclusive']} (of {len(records)} rows). {machine_load_note() or ''}",
-    ]
-    return "\n".join(lines)
-
-
-def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    args = ap.parse_args(argv)
-    records = rows((1, 2), SIZES, samples=21 if args.quick else 61)
-    args.results.mkdir(parents=True, exist_ok=True)
-    with open(args.results / "overhead.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    print(
-        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}; commit "
-        f"{git_commit()}; {utc_now()}; load average at start {START_LOAD:.2f}\n"
-    )
-    print(markdown(records))
-    return records
+    env = environment("cpu")
+    write_csv(args.results / "overhead.csv", [r | env for r in rows])
+    cols = ["SugarReLU", "threads", "elements", "ours min / median µs", "nn.ReLU min / median µs"]
+    cols += ["ratio (median)", "ratio p20-p80 range", f"verdict (<= {limit}x)"]
+    keys = ["config", "threads", "numel", "ours_us", "relu_us", "ratio_median", "ratio_range"]
+    table = [[size_label(r[k]) if k == "numel" else r[k] for k in [*keys, "verdict"]] for r in rows]
+    lines = header("benchmarks.overhead", argv, env, worst(r["others_cores"] for r in rows))
+    text = "\n".join(lines + [markdown_table(cols, table, "lrrrrrrl")])
+    write_report(args.results, "overhead", text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
