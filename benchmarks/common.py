@@ -54,7 +54,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "cpu.code_forward": ("code forward <= 1.5x torch.relu", 1.5),
     "cpu.code_backward": ("code backward <= 1.2x threshold_backward", 1.2),
     "cpu.gelu": ("exact fwd+bwd <= torch GELU's", 1.0),
-    "overhead": ("SugarReLU fwd+bwd <= 1.5x nn.ReLU", 1.5),
+    "cpu.per_call": ("SugarReLU fwd+bwd <= 1.5x nn.ReLU", 1.5),
     "compiled.relu": ("compiled step <= 1.05x compiled ReLU", 1.05),
     "compiled.paper": ("compiled step <= compiled paper formula", 1.0),
     "compiled.saved": ("code modes: saved bytes <= 1.15x compiled ReLU's", 1.15),
@@ -298,7 +298,7 @@ def interleaved(
     target_s: float = 0.2,
     min_reps: int = 7,
     max_reps: int = 200,
-    rounds: int = 5,
+    rounds: int | None = 5,
     max_case_s: float = math.inf,
     batch: int = 1,
     warmup: int = 3,
@@ -307,8 +307,9 @@ def interleaved(
 
     Each case is warmed up, its per-call time estimated, and given ``clamp(target_s / estimate,
     min_reps, max_reps)`` samples (fewer, but at least 3, if that would take longer than
-    ``max_case_s``), split evenly over ``rounds`` rounds; within a round every case runs its
-    share, the order of the cases rotated from round to round. A case that raises during warm-up
+    ``max_case_s``), split evenly over ``rounds`` rounds (None: one sample per round, so the cases
+    alternate sample by sample); within a round every case runs its share, the order of the
+    cases rotated from round to round. A case that raises during warm-up
     is reported in ``errors`` and left out. The gate's reading covers the whole call."""
     window = CpuWindow()
     errors: dict[str, str] = {}
@@ -326,10 +327,11 @@ def interleaved(
         reps[case.name] = max(3, int(max_case_s / per_sample)) if too_long else n
     live = [c for c in cases if c.name in reps]
     stats = {c.name: Stats() for c in live}
-    for r in range(max(1, rounds)):
+    rounds = max(1, rounds or max(reps.values(), default=1))
+    for r in range(rounds):
         shift = r % len(live) if live else 0
         for case in live[shift:] + live[:shift]:
-            share = math.ceil(reps[case.name] / max(1, rounds))
+            share = math.ceil(reps[case.name] / rounds)
             stats[case.name].samples += timer.time(case, share, batch)
     timer.sync()
     return Timings(stats, errors, window.others())
@@ -365,6 +367,28 @@ def saved_bytes(forward: Callable[[], torch.Tensor], exclude: Iterable[torch.Ten
     alive = {key: nbytes for key, nbytes, ref in entries if ref() is not None}
     del out
     return sum(alive.values())
+
+
+def swap_relu(model: torch.nn.Module, factory: Callable) -> torch.nn.Module:
+    """Replace every nn.ReLU of ``model`` with ``factory()``, in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                setattr(parent, name, factory())
+    return model
+
+
+def peak_mib(step: Callable[[], object], device: str) -> float | None:
+    """CUDA's peak allocation during one ``step()`` above what was allocated before it, in MiB;
+    None on the CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 # --------------------------------------------------------------------------- the machine
@@ -451,6 +475,11 @@ def pick_device(requested: str | None, dry_run: bool) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is available")
     return device
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr: stdout carries only a benchmark's report."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def command_line(module: str, argv: list[str] | None) -> str:

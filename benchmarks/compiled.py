@@ -18,7 +18,6 @@ what was compiled is timed, later groups are skipped.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -36,16 +35,19 @@ from .common import (
     fmt,
     header,
     interleaved,
+    log,
     markdown_table,
     parser,
+    peak_mib,
     pick_device,
     saved_bytes,
+    swap_relu,
     verdict,
     worst,
     write_csv,
     write_report,
 )
-from .memory import PaperSugar, _swap, resnet18
+from .memory import PaperSugar, resnet18
 
 BASELINES = [
     ("relu", lambda: nn.ReLU(inplace=True)),
@@ -100,17 +102,6 @@ def _step(compiled: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]
     return step
 
 
-def peak_step_mib(step: Callable[[], None], device: str) -> float | None:
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
 def measure_group(model_name, make, shape, dtype_name, args, deadline) -> list[dict]:
     """Compile every variant of one (dtype, model) and time their train steps interleaved."""
     device, dtype = args.device, DTYPES[dtype_name]
@@ -126,7 +117,7 @@ def measure_group(model_name, make, shape, dtype_name, args, deadline) -> list[d
             log(f"  {model_name} {dtype_name}: --max-seconds reached, {name} not compiled")
             continue
         torch.manual_seed(0)
-        model = _swap(make(), factory).to(device=device, dtype=dtype).train()
+        model = swap_relu(make(), factory).to(device=device, dtype=dtype).train()
         t0 = time.perf_counter()
         try:
             with sk.compile_mode(mode):
@@ -134,7 +125,7 @@ def measure_group(model_name, make, shape, dtype_name, args, deadline) -> list[d
                 _loss(compiled, x).backward()  # compiles forward and backward
                 saved = saved_bytes(lambda m=compiled: _loss(m, x), model.parameters())
             steps[name] = _step(compiled, x, mode)
-            info[name] = dict(saved_MiB=saved / 2**20, peak_MiB=peak_step_mib(steps[name], device))
+            info[name] = dict(saved_MiB=saved / 2**20, peak_MiB=peak_mib(steps[name], device))
         except Exception as exc:  # report the variant, keep the others
             info[name] = dict(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         info[name]["compile_s"] = round(time.perf_counter() - t0, 1)
@@ -164,10 +155,6 @@ def measure_group(model_name, make, shape, dtype_name, args, deadline) -> list[d
     return rows
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)  # stdout carries only the report
-
-
 def report(rows: list[dict], lines: list[str]) -> str:
     limit = TARGETS["compiled.saved"][1]
     table = []
@@ -177,11 +164,7 @@ def report(rows: list[dict], lines: list[str]) -> str:
             saved += " (met)" if r["saved_vs_relu"] <= limit else " (missed)"
         band = f"{fmt(r.get('median_ms'))} ({fmt(r.get('p20_ms'))}-{fmt(r.get('p80_ms'))})"
         cells = [r["dtype"], r["model"], r["variant"], fmt(r.get("min_ms")), band]
-        cells += [
-            fmt(r.get("vs_relu")),
-            r.get("vs_relu_verdict", ""),
-            r.get("vs_paper_verdict", ""),
-        ]
+        cells += [fmt(r.get(k)) for k in ("vs_relu", "vs_relu_verdict", "vs_paper_verdict")]
         cells += [fmt(r.get("saved_MiB")), saved, fmt(r.get("peak_MiB")), r.get("error", "")]
         table.append(cells)
     cols = ["dtype", "model", "activation", "min ms", "median ms (p20-p80)", "x relu"]
@@ -206,8 +189,8 @@ def main(argv=None) -> int:
     default_dtypes = "bfloat16,float32" if args.device == "cuda" else "float32"
     dtypes = (args.dtypes or default_dtypes).split(",")
     args.settings = dict(target_s=4.0, min_reps=20, max_reps=200, rounds=10)
-    if args.quick:
-        args.settings = dict(target_s=2.0, min_reps=10, max_reps=200, rounds=5)
+    if args.quick or args.device == "cuda":  # a GPU step takes milliseconds: 1 s per variant
+        args.settings = dict(target_s=2.0 if args.quick else 1.0, min_reps=10, rounds=5)
     if args.dry_run:
         args.settings = dict(target_s=0.01, min_reps=3, max_reps=3, rounds=1, warmup=1)
     # one cache entry per (model, variant, mode) of the same forward code: keep them all compiled

@@ -1,16 +1,20 @@
-"""CPU kernels against torch's own kernels for the same math.
+"""CPU kernels against torch's own kernels for the same math, and the per-call cost of SugarReLU.
 
     python -m benchmarks.cpu_ratios [--quick]
 
-Each row times one of our ops and torch's kernel for the same work, interleaved in one process,
-both called directly (torch.ops.sugar.* and torch.ops.aten.*: kernels, not the Python and
-autograd cost of a call), at 1 and 2 threads, and judges the row's target:
+Each row times one of ours against torch's for the same work, the two alternating call by call
+in one process, at 1 and 2 threads, and judges the row's target:
 
 * exact backward against torch's matching backward (silu_backward for bsilu and silu,
   gelu_backward, elu_backward for elu and selu, leaky_relu_backward), float32 and bfloat16;
 * code-mode forward (bits 8/4/2/1, in place and not) against torch.relu (relu_ in place), and the
   code-mode backward against threshold_backward (ReLU's backward);
 * exact forward + backward against gelu + gelu_backward (2 threads).
+
+These call the ops directly (torch.ops.sugar.* and torch.ops.aten.*): kernels, not the Python and
+autograd cost of a call. That cost is the last rows': a training step through the module,
+``SugarReLU(...)(x).backward(g)`` against nn.ReLU's, on small tensors (2^10..2^16 elements), each
+sample the mean of a batch of calls; in place both run on a fresh non-leaf ``x * 1``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from torch import nn
 
 import sugar_kernels as sk
 from sugar_kernels.surrogates import resolve
@@ -31,6 +36,7 @@ from .common import (
     fmt,
     header,
     interleaved,
+    log,
     markdown_table,
     parser,
     size_label,
@@ -50,6 +56,13 @@ MATCHING_BACKWARD = {
     "elu": ("elu_backward", lambda g, x: aten.elu_backward(g, 1.0, 1.0, 1.0, False, x)),
     "selu": ("elu_backward", lambda g, x: aten.elu_backward(g, *SELU, 1.0, False, x)),
     "leaky_relu": ("leaky_relu_backward", lambda g, x: aten.leaky_relu_backward(g, x, 0.01, False)),
+}
+# per-call rows: SugarReLU's arguments, and whether both modules run in place
+MODULES = {
+    "exact bsilu": (dict(), False),
+    "bits=8 bsilu": (dict(bits=8), False),
+    "bits=1 nelu negative": (dict(surrogate="nelu", bits=1, region="negative"), False),
+    "bits=8 bsilu in place": (dict(bits=8, inplace=True), True),
 }
 
 
@@ -71,13 +84,17 @@ def fresh(work, x):  # in place: a fresh input for every call, made outside the 
     return (work.copy_(x),)
 
 
-def rows_for(sizes, code_sizes, gelu_sizes):
-    """(target key, what, torch's kernel, dtype, n, [ours, torch's])."""
+def module_step(module: nn.Module, x, g, inplace: bool) -> None:
+    module(x * 1 if inplace else x).backward(g)
+
+
+def rows_for(sizes, code_sizes, gelu_sizes, call_sizes):
+    """(target key, what, torch's, dtype, n, [ours, torch's], calls per sample)."""
     out = []
 
-    def add(key, what, ref, x, ours, theirs, setup=None):
+    def add(key, what, ref, x, ours, theirs, setup=None, batch=1):
         cases = [Case("ours", ours, setup), Case("torch", theirs, setup)]
-        out.append((key, what, ref, x.dtype, x.numel(), cases))
+        out.append((key, what, ref, x.dtype, x.numel(), cases, batch))
 
     for n in sizes:
         for dtype in (torch.float32, torch.bfloat16):
@@ -104,31 +121,40 @@ def rows_for(sizes, code_sizes, gelu_sizes):
         x, g = torch.randn(n), torch.randn(n)
         ours, theirs = partial(sugar_fwd_bwd, x, g), partial(gelu_fwd_bwd, x, g)
         add("cpu.gelu", "forward + backward bsilu", "gelu + gelu_backward", x, ours, theirs)
+    for n in call_sizes:
+        x, g = torch.randn(n, requires_grad=True), torch.randn(n)
+        for name, (kwargs, inplace) in MODULES.items():
+            ours = partial(module_step, sk.SugarReLU(**kwargs), x, g, inplace)
+            theirs = partial(module_step, nn.ReLU(inplace=inplace), x, g, inplace)
+            ref = "nn.ReLU" + "(inplace=True)" * inplace
+            batch = max(2, (1 << 18) // n)  # a sample of ~0.1 ms: the clock's resolution is moot
+            add("cpu.per_call", f"SugarReLU {name}", ref, x, ours, theirs, batch=batch)
     return out
 
 
 def main(argv=None) -> int:
     ap = parser("benchmarks.cpu_ratios", __doc__)
-    ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (< 2 min)")
+    ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (< 3 min)")
     args = ap.parse_args(argv)
     if not sk.build_info()["cpu_compiled"]:
         raise SystemExit("the compiled CPU kernels are missing: run `make install`")
-    if args.dry_run:
-        sizes = code_sizes = gelu_sizes = [1 << 10]
-        settings = dict(target_s=0.001, min_reps=3, max_reps=3, rounds=1, warmup=1)
-    elif args.quick:
+    # rounds=None: one call of each per round, so ours and torch's alternate call by call
+    settings = dict(target_s=0.6, min_reps=25, max_reps=200, rounds=None)
+    sizes = code_sizes = [1 << 20, 1 << 22, 1 << 24]
+    gelu_sizes = [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]
+    call_sizes = [1 << 10, 1 << 12, 1 << 14, 1 << 16]
+    if args.quick:
         sizes, code_sizes, gelu_sizes = [1 << 20, 1 << 22], [1 << 22], [1 << 16, 1 << 20, 1 << 22]
-        settings = dict(target_s=0.2, min_reps=8, max_reps=60, rounds=4)
-    else:
-        sizes = code_sizes = [1 << 20, 1 << 22, 1 << 24]
-        gelu_sizes = [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]
-        settings = dict(target_s=0.6, min_reps=25, max_reps=200, rounds=5)
+        settings = dict(target_s=0.2, min_reps=8, max_reps=60, rounds=None)
+    if args.dry_run:
+        sizes = code_sizes = gelu_sizes = call_sizes = [1 << 10]
+        settings = dict(target_s=0.001, min_reps=3, max_reps=3, rounds=None, warmup=1)
     timer, rows, threads_before = Timer("cpu"), [], torch.get_num_threads()
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        todo = rows_for(sizes, code_sizes, gelu_sizes if threads == 2 else [])
-        for key, what, ref, dtype, n, cases in todo:
-            t = interleaved(timer, cases, **settings)
+        todo = rows_for(sizes, code_sizes, gelu_sizes if threads == 2 else [], call_sizes)
+        for key, what, ref, dtype, n, cases, batch in todo:
+            t = interleaved(timer, cases, **settings, batch=batch)
             a, b = t.stats["ours"], t.stats["torch"]
             judged = verdict(a.samples, b.samples, TARGETS[key][1], others=t.others)
             rows.append({
@@ -139,7 +165,7 @@ def main(argv=None) -> int:
                 "ratio_range": f"{a.ms(20) / b.ms(80):.2f}-{a.ms(80) / b.ms(20):.2f}",
                 "verdict": judged, "others_cores": t.others,
             })  # fmt: skip
-        print(f"threads={threads}: {len(rows)} rows", flush=True)
+        log(f"threads={threads}: {len(rows)} rows")
     torch.set_num_threads(threads_before)
     env = environment("cpu")
     write_csv(args.results / "cpu_ratios.csv", [r | env for r in rows])

@@ -1,9 +1,6 @@
 #!/usr/bin/env bash
 # The one script for a lent GPU machine (H100 or H200 with its own image: Python 3.12, torch 2.11,
-# triton 3.6, nvcc 13.0, compute-sanitizer; no package downloads). From the repository root:
-#
-#     bash benchmarks/gpu_suite.sh
-#
+# triton 3.6, nvcc 13.0, compute-sanitizer; no downloads): `bash benchmarks/gpu_suite.sh`.
 # Steps in priority order, each under `timeout` with the seconds shown (fewer when the suite's
 # budget, SUITE_BUDGET=540 s, ends sooner); a step's results are kept when a later one fails:
 #   a  build for sm_90 (pip install -e .), then check that every backend loads     180, 45

@@ -14,7 +14,6 @@ gradient against the exact one on N(0,1) inputs.
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 from torch import nn
@@ -26,13 +25,16 @@ from .common import (
     TARGETS,
     environment,
     header,
+    log,
     markdown_table,
     parser,
+    peak_mib,
     pick_device,
     write_csv,
     write_report,
 )
 from .common import saved_bytes as _saved_bytes
+from .common import swap_relu as _swap
 
 
 class PaperSugar(nn.Module):
@@ -101,25 +103,6 @@ def resnet18(num_classes: int = 10) -> nn.Module:
     return nn.Sequential(*stem, *layers, *head)
 
 
-def models() -> dict:
-    out = {"conv-bn-relu-x6": conv_bn_net, "resnet18": resnet18}
-    try:
-        import torchvision
-
-        out["vgg16_bn"] = lambda: torchvision.models.vgg16_bn(num_classes=10)
-    except ImportError:
-        pass
-    return out
-
-
-def _swap(model: nn.Module, factory) -> nn.Module:
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(parent, name, factory())
-    return model
-
-
 def _loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).float().pow(2).mean()
 
@@ -129,17 +112,16 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return _saved_bytes(lambda: _loss(model, x), model.parameters())
 
 
-def peak_train_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """CUDA's peak allocation during one train step, above what was allocated before it."""
-    _loss(model, x).backward()  # warm-up: cuDNN workspaces, gradient buffers
-    model.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
+def peak_train_mib(model: nn.Module, x: torch.Tensor, device: str) -> float | None:
+    """The peak allocation of one train step on CUDA (after a warm-up step: cuDNN workspaces,
+    gradient buffers)."""
+    if device != "cuda":
+        return None
     _loss(model, x).backward()
-    torch.cuda.synchronize()
     model.zero_grad(set_to_none=True)
-    return torch.cuda.max_memory_allocated() - base
+    peak = peak_mib(lambda: _loss(model, x).backward(), device)
+    model.zero_grad(set_to_none=True)
+    return peak
 
 
 def fits(model: nn.Module, batch: int, image: int, device: str, cap: int) -> bool:
@@ -177,7 +159,7 @@ def largest_batch(fits_at, start: int = 64, resolution: float = 0.02) -> int:
 def memory_rows(device, batch, image, nets: dict, cap: int, cap_model: str) -> list[dict]:
     rows = []
     for model_name, build in nets.items():
-        progress(f"memory: {model_name}, {len(VARIANTS)} variants")
+        log(f"memory: {model_name}, {len(VARIANTS)} variants")
         x, base = torch.randn(batch, 3, image, image, device=device), None
         for variant, factory in VARIANTS.items():
             torch.manual_seed(0)
@@ -186,7 +168,7 @@ def memory_rows(device, batch, image, nets: dict, cap: int, cap_model: str) -> l
             base = base or nbytes
             row = dict(model=model_name, variant=variant, saved_MiB=nbytes / 2**20)
             row["vs_relu"] = nbytes / base
-            row["peak_train_MiB"] = peak_train_bytes(model, x) / 2**20 if device == "cuda" else None
+            row["peak_train_MiB"] = peak_train_mib(model, x, device)
             row["largest_batch"] = None
             if model_name == cap_model:
                 row["largest_batch"] = largest_batch_under(model, image, device, cap, batch)
@@ -208,17 +190,13 @@ def largest_batch_under(model: nn.Module, image: int, device: str, cap: int, sta
 
 def error_rows(surrogates, bits_list) -> list[dict]:
     """Relative L2 error of g against exact on N(0,1) inputs, per surrogate, region and bits."""
-    progress("memory: code-mode error table (quantiser tables are computed on first use)")
+    log("memory: code-mode error table (quantiser tables are computed on first use)")
     return [
         {"surrogate": name, "region": region}
         | {f"{bits} bits": quantizer(name, None, region, bits).rel_l2_error for bits in bits_list}
         for name in surrogates
         for region in sk.REGIONS
     ]
-
-
-def progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)  # stdout carries only the report
 
 
 def table(rows: list[dict], fmt) -> str:
@@ -257,12 +235,12 @@ def main(argv=None) -> int:
     ap = parser("benchmarks.memory", __doc__)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--models", default=None, help="of: conv-bn-relu-x6,resnet18,vgg16_bn")
+    ap.add_argument("--models", default=None, help="comma list of: conv-bn-relu-x6,resnet18")
     ap.add_argument("--cap-gib", type=float, default=2.0, help="memory cap of the batch search")
     ap.add_argument("--no-errors", action="store_true", help="skip the code-mode error table")
     args = ap.parse_args(argv)
     device = pick_device(args.device, args.dry_run)
-    nets = models()
+    nets = {"conv-bn-relu-x6": conv_bn_net, "resnet18": resnet18}
     if args.models:
         nets = {k: v for k, v in nets.items() if k in args.models.split(",")}
     batch, image, cap = args.batch, 32, int(args.cap_gib * 2**30)

@@ -38,6 +38,7 @@ from .common import (
     fmt,
     header,
     interleaved,
+    log,
     markdown_table,
     parse_sizes,
     parser,
@@ -162,7 +163,7 @@ def run(device, sizes, dtypes, modes, providers, settings, max_seconds=None, on_
         if on_group:
             on_group(rows)
         took = time.perf_counter() - start
-        print(f"[{i + 1}/{len(groups)}] {dtype_name} {size_label(n)} {mode} ({took:.0f} s)")
+        log(f"[{i + 1}/{len(groups)}] {dtype_name} {size_label(n)} {mode} ({took:.0f} s)")
     return rows
 
 
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
         compile_mode = "off" if device == "cpu" and quick else "static"
     compiler = "aot_eager" if args.dry_run else "inductor"  # a dry run compiles no C++
     providers = make_providers(device, compile_mode, compiler)
-    print("providers:", ", ".join(p.name for p in providers), flush=True)
+    log("providers: " + ", ".join(p.name for p in providers))
     settings = SETTINGS["dry-run"] if args.dry_run else SETTINGS.get(key, SETTINGS[device])
     env = environment(device)
 

@@ -7,8 +7,8 @@
 
 Steps: micro (benchmarks.micro), memory (saved bytes, code-mode errors), train and stress (quick
 training comparisons, JSON and plots in results/train/ and results/stress/), compiled (train
-steps under torch.compile), cpu_ratios (our CPU kernels against torch's), overhead (per-call
-cost of SugarReLU), pytest (the pytest-benchmark suite, benchmarks/test_bench_cpu.py, saved for
+steps under torch.compile), cpu_ratios (our CPU kernels against torch's, and the per-call cost
+of SugarReLU), pytest (the pytest-benchmark suite, benchmarks/test_bench_cpu.py, saved for
 ``pytest --benchmark-compare``). Each step's stdout (Markdown) is its report section; a step that
 fails or times out is reported and the others still run. Exit status 1 if any step failed.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 from .common import (
     ROOT,
     busy_note,
+    command_line,
     environment,
     others_now,
     parser,
@@ -59,8 +60,12 @@ def steps(results: Path, dry_run: bool, full: bool) -> list[tuple[str, str, list
         ("train", "Training comparison (quick)", train("train"), 900),
         ("stress", "Training comparison, dying-ReLU stress", train("stress", "--stress"), 900),
         ("compiled", "Under torch.compile", bench("compiled", *size), 1800),
-        ("cpu_ratios", "CPU kernels against torch's", bench("cpu_ratios", *size), 600),
-        ("overhead", "Per-call cost on small tensors", bench("overhead", *size), 300),
+        (
+            "cpu_ratios",
+            "CPU: our kernels and modules against torch's",
+            bench("cpu_ratios", *size),
+            900,
+        ),
         ("pytest", "pytest-benchmark suite", pytest, 600),
     ]
 
@@ -117,9 +122,9 @@ def main(argv=None, launch: Callable[[list[str], float], tuple[int, str]] = run_
         shown = [a.replace(str(ROOT) + "/", "") for a in child]
         sections.append(section(title, " ".join(["python", *shown]), rc, out, seconds))
     elapsed = time.perf_counter() - start
-    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+    stamp = stamp_line(environment("cpu"))
     head = ["# sugar-kernels benchmark report", ""]
-    head += [f"`{command}` (`make bench`) on {stamp_line(environment('cpu'))}: {elapsed:.0f} s"]
+    head += [f"`{command_line('benchmarks.run', argv)}` (`make bench`) on {stamp}: {elapsed:.0f} s"]
     head += [f"({', '.join(timings)}).", "", busy_note(before, "in the second before the run")]
     head += ["(each step measures again while it times).", ""]
     if failures:

@@ -1,11 +1,6 @@
-"""pytest-benchmark suite of the CPU paths: ``make bench`` runs it (its ``pytest`` step).
-
-The providers and cases of ``benchmarks.micro`` (one definition of what is timed) at 2^20
-elements, so regressions show in the standard tool: ``make bench`` saves every run under
-``results/pytest-benchmark/`` and ``pytest benchmarks/test_bench_cpu.py --benchmark-only
---benchmark-storage=results/pytest-benchmark --benchmark-compare`` compares a new run with the
-last one. ``pytest tests`` never collects this file (``testpaths = ["tests"]``).
-"""
+"""pytest-benchmark suite of the CPU paths (``make bench`` runs it and saves each run under
+results/pytest-benchmark/ for ``--benchmark-compare``): the providers and cases of
+``benchmarks.micro`` at 2^20 elements. ``pytest tests`` never collects it."""
 
 from __future__ import annotations
 

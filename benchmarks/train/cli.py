@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 import sugar_kernels as sk
 
-from ..common import device_name, git_commit
+from ..common import device_name, git_commit, log
 from .data import DATASETS, load_data
 from .loop import PROGRESS, train_one
 from .models import MODELS, available_activations, bits8_available, parse_activation
@@ -62,12 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.quick, args.epochs, args.seeds, args.width = True, 1, 1, 4
         args.activations = args.activations or ["relu", "sugar-bsilu"]
     if args.quick:
-        args.data = "digits"
-        args.model = "cnn"
-        args.epochs = args.epochs or 12
-        args.seeds = args.seeds or 2
-        args.width = args.width or 16
-        args.threads = args.threads or 1
+        args.data, args.model = "digits", "cnn"
+        args.epochs, args.seeds = args.epochs or 12, args.seeds or 2
+        args.width, args.threads = args.width or 16, args.threads or 1
     if args.paper:
         if args.optimizer != "sgd" or args.augment:
             p.error("--paper means SGD without augmentation")
@@ -109,29 +105,15 @@ def run(args: argparse.Namespace) -> dict:
     data = load_data(args.data, args.data_dir, args.download)
     device = torch.device(args.device)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    runs = []
+    runs, progress = [], "off" if args.no_progress else args.progress
     for act in args.activations:
-        per_seed = [
-            train_one(
-                args, data, act, s, device, progress="off" if args.no_progress else args.progress
-            )
-            for s in seeds
-        ]
-        runs.append(aggregate(act, per_seed))
-        r = runs[-1]
-        print(
-            f"{act:>16}: test acc {100 * r['test_accuracy']:.2f} ± "
-            f"{100 * r['test_accuracy_std']:.2f}%  dead {pct(r['dead_fraction'])}  "
-            f"step {r['step_time_ms']:.2f} ms",
-            file=sys.stderr,
-            flush=True,
-        )
-    config = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("json_path", "out", "no_progress", "progress")
-    }
-    config["seeds"] = seeds
+        r = aggregate(act, [train_one(args, data, act, s, device, progress) for s in seeds])
+        runs.append(r)
+        acc = f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f}%"
+        step = f"step {r['step_time_ms']:.2f} ms"
+        log(f"{act:>16}: test acc {acc}  dead {pct(r['dead_fraction'])}  {step}")
+    skip = ("json_path", "out", "no_progress", "progress")
+    config = {k: v for k, v in vars(args).items() if k not in skip} | {"seeds": seeds}
     return {
         "schema_version": SCHEMA_VERSION,
         "config": config,
@@ -169,13 +151,6 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        plots = write_plots(result, out)
-        md = (
-            "# Training comparison\n\n"
-            + text
-            + "\n\n"
-            + "\n".join(f"![{p}]({p})" for p in plots)
-            + "\n"
-        )
-        (out / "results.md").write_text(md)
+        figures = "\n".join(f"![{p}]({p})" for p in write_plots(result, out))
+        (out / "results.md").write_text(f"# Training comparison\n\n{text}\n\n{figures}\n")
     return 0
