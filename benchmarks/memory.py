@@ -253,11 +253,16 @@ def main(argv=None) -> int:
     rows = memory_rows(device, batch, image, nets, cap, cap_model)
     write_csv(args.results / "memory.csv", [r | env for r in rows])
     lines = header("benchmarks.memory", argv, env, None)[:2]
-    fit = "the saved bytes" if device != "cuda" else "a train step"
+    what = (
+        f"Per training step, batch {batch} of 3x{image}x{image} float32: bytes saved for backward"
+    )
+    if device == "cuda":
+        what += ", the peak allocation of a train step"
+    if cap_model:
+        fit = "the saved bytes fit" if device != "cuda" else "a train step fits"
+        what += f"; the largest batch of {cap_model} for which {fit} in {cap / 2**30:.3g} GiB"
     lines += [
-        f"Per training step, batch {batch} of 3x{image}x{image} float32: the bytes saved for "
-        "backward, the peak allocation (GPU), and the largest batch for which "
-        f"{fit} fits in {cap / 2**30:.3g} GiB ({cap_model or 'GPU only'}).",
+        what + ".",
         "",
         table(rows, lambda k, v: f"{v:.2f}x" if k == "vs_relu" else f"{v:.1f}"),
         "",

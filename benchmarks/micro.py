@@ -185,11 +185,11 @@ def check_targets(rows: list[dict], device: str) -> list[tuple[str, str, str]]:
             measured = f"{a['median_ms'] / b['median_ms']:.2f}x ({lo:.2f}-{hi:.2f})"
         others = worst([a["others_cores"], b["others_cores"]])
         judged = verdict(a["samples"], b["samples"], limit, others=others)
-        out.append((f"{label}: {text}", measured, judged))
+        out.append((f"{label}: {text}" if label else text, measured, judged))
 
     if device == "cpu":
         for key, base in (("gelu", "torch_gelu"), ("paper", "paper"), ("relu", "torch_relu")):
-            add("sugar_cpu", f"micro.cpu.{key}", "sugar_cpu", base, "full", "float32", 1 << 22)
+            add("", f"micro.cpu.{key}", "sugar_cpu", base, "full", "float32", 1 << 22)
         return out
     for n in sorted({r["numel"] for r in rows if r["numel"] >= 1 << 26}):
         for dt in sorted({r["dtype"] for r in rows}):
