@@ -27,6 +27,7 @@ TEE_PID=$!
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 SUGAR_REQUIRE_CUDA=1
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+export PATH="$PATH:/usr/local/cuda/bin" # compute-sanitizer, where the toolkit keeps it
 START=$(date +%s)
 DEADLINE=$((START + ${SUITE_BUDGET:-540}))
 STEPS=" ${SUITE_STEPS:-a b c d e f g} "
@@ -70,7 +71,7 @@ nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not available"
 
 SANITIZE=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --error-exitcode 1 --tool)
 
-step a-build "$(box 180)" "$PY" -m pip install --no-build-isolation --no-deps -e . -q
+step a-build "$(box 180)" "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . -q
 step a-load "$(box 45)" "$PY" -m benchmarks.gpu_check load
 step b-tests "$(box 200)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests \
     --junitxml="$OUT_DIR/tests.xml"
