@@ -63,7 +63,7 @@ test-torch2.11: $(EXT211_STAMP)
 	TRITON_INTERPRET=1 $(VPY211) -m pytest -q --durations=5 tests/triton_interpret
 
 bench: install
-	@echo ">>> benchmarks: ~10 min on a quiet 2-core machine (compiled-model benchmark ~4-8 min of it), more on a shared one; each step prints its progress; report in results/REPORT.md"
+	@echo ">>> benchmarks: 12 min on a shared 2-core machine with a cold Inductor cache (the compiled step 8 min of it); BENCH_ARGS=--dry-run runs every step at tiny sizes in ~1 min; report in results/REPORT.md"
 	$(VPY) -m benchmarks.run $(BENCH_ARGS)
 
 lint: $(DEPS_STAMP)

@@ -1,28 +1,26 @@
-"""SUGAR under torch.compile (Inductor): train-step time and saved memory, fused and opted out.
+"""SUGAR under torch.compile (Inductor): compiled train-step time, saved bytes and peak memory.
 
-    python -m benchmarks.compiled [--quick] [--device cpu|cuda] [--results DIR]
+    python -m benchmarks.compiled --quick                       # CPU, float32, small batches
+    python -m benchmarks.compiled --device cuda --max-seconds 150
 
-For each model (a BN->act->BN block, the conv-BN net of ``benchmarks.memory``, ResNet-18 with
-the CIFAR stem, a transformer MLP block Linear->act->Linear) and each activation (ReLU, GELU, the
-paper's formula, SUGAR exact and bits=8 in place in the default compile mode "auto" - exact ops
-fused by Inductor, code modes calling the C++ kernel on the CPU and fused on GPUs - and in the
-modes "opaque" / "fused", plus NeLU bits=1 in place), the model is compiled once,
-then one compiled train step (forward, loss, backward) of every activation is timed interleaved
-in one process. Reported: min and median step time with the p20-p80 spread, the ratio of medians
-to compiled ReLU, the bytes autograd saves for backward in the compiled forward, and the
-verdicts of the issue-10 targets (met / missed / inconclusive, ``common.verdict``).
-Results: ``compiled.csv`` and ``compiled.md`` in the results directory.
+Models: a transformer MLP block (Linear -> act -> Linear) and ResNet-18 (CIFAR stem). Activations:
+ReLU (in place), GELU, the paper's formula, SUGAR exact, bits=8 in place and NeLU bits=1 (region
+negative) in place, each SUGAR one in the compile modes given by --modes ("auto": exact fused by
+Inductor everywhere, code modes fused on GPUs and the C++ kernel on CPUs; "opaque": the kernels
+as extern calls). Per (dtype, model) every variant is compiled, then one compiled train step
+(forward, loss, backward) of each is timed, interleaved in one process. Reported: step time
+(min, median, p20-p80), the ratio of medians to compiled ReLU with verdicts, the bytes autograd
+saves in the compiled forward and, on a GPU, the step's peak torch.cuda.max_memory_allocated
+above what was allocated before it. With --max-seconds no compile starts after that budget:
+what was compiled is timed, later groups are skipped.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 
 import torch
 from torch import nn
@@ -30,252 +28,190 @@ from torch import nn
 import sugar_kernels as sk
 
 from .common import (
-    RESULTS,
+    TARGETS,
     Case,
     Timer,
-    append_csv,
     environment,
+    fmt,
+    header,
     interleaved,
-    machine_load_note,
+    log,
     markdown_table,
+    parser,
+    peak_mib,
+    pick_device,
     saved_bytes,
-    spread,
+    swap_relu,
     verdict,
+    worst,
+    write_csv,
+    write_report,
 )
-from .memory import PaperSugar, _swap, _torchvision_models, conv_bn_net
+from .memory import PaperSugar, resnet18
 
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    factory: Callable[[], nn.Module]
-    mode: str = "auto"  # the sugar compile mode the model is compiled and run in
-
-
-VARIANTS = [
-    Variant("relu", lambda: nn.ReLU(inplace=True)),
-    Variant("gelu", nn.GELU),
-    Variant("paper formula (bsilu)", PaperSugar),
-    Variant("sugar exact", lambda: sk.SugarReLU("bsilu")),  # fused in "auto"
-    Variant("sugar exact, opaque", lambda: sk.SugarReLU("bsilu"), "opaque"),
-    Variant("sugar bits=8 inplace", lambda: sk.SugarReLU("bsilu", bits=8, inplace=True)),
-    Variant(
-        "sugar bits=8 inplace, fused",
-        lambda: sk.SugarReLU("bsilu", bits=8, inplace=True),
-        "fused",
-    ),
-    Variant(
-        "sugar nelu bits=1 inplace",
-        lambda: sk.SugarReLU("nelu", region="negative", bits=1, inplace=True),
+BASELINES = [
+    ("relu", lambda: nn.ReLU(inplace=True)),
+    ("paper formula", PaperSugar),
+    ("gelu", nn.GELU),
+]
+SUGAR = [
+    ("sugar exact", dict()),
+    ("sugar bits=8 inplace", dict(bits=8, inplace=True)),
+    (
+        "nelu bits=1 negative inplace",
+        dict(surrogate="nelu", region="negative", bits=1, inplace=True),
     ),
 ]
-# issue 10: (variant, ratio to compiled ReLU it must stay within)
-TARGETS = {
-    "sugar exact": 1.05,
-    "sugar bits=8 inplace": 1.10,
-    "sugar nelu bits=1 inplace": 1.10,
-}
-SAVED_TARGET = 1.15  # code modes: saved bytes <= 1.15x compiled ReLU's
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FIELDS = ["dtype", "model", "variant", "min_ms", "median_ms", "p20_ms", "p80_ms", "reps"]
+FIELDS += ["vs_relu", "vs_relu_verdict", "vs_paper_verdict", "saved_MiB", "saved_vs_relu"]
+FIELDS += ["peak_MiB", "compile_s", "others_cores", "error"]
 
 
-class BnActBn(nn.Sequential):
-    def __init__(self, channels: int = 64):
-        super().__init__(nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.BatchNorm2d(channels))
+def mlp_block(dim: int, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
 
-class MlpBlock(nn.Sequential):
-    def __init__(self, dim: int = 256, hidden: int = 1024):
-        super().__init__(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+def workloads(device: str, quick: bool, dry_run: bool) -> dict[str, tuple[Callable, tuple]]:
+    """name -> (model constructor with nn.ReLU, input shape); batches fill a GPU reasonably."""
+    if dry_run:
+        return {"mlp block": (lambda: mlp_block(16, 32), (8, 16))}
+    if device == "cuda":
+        mlp, tokens, batch = partial(mlp_block, 1024, 4096), 16384, 256
+    elif quick:
+        mlp, tokens, batch = partial(mlp_block, 256, 1024), 512, 8
+    else:
+        mlp, tokens, batch = partial(mlp_block, 256, 1024), 2048, 32
+    return {"mlp block": (mlp, (tokens, mlp.args[0])), "resnet18": (resnet18, (batch, 3, 32, 32))}
 
 
-def models(quick: bool) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
-    """name -> (constructor with nn.ReLU activations, input shape)."""
-    batch = 8 if quick else 32
-    out = {
-        "bn-act-bn": (BnActBn, (batch, 64, 32, 32)),
-        "conv-bn net": (lambda: conv_bn_net(width=32, depth=4), (batch, 3, 32, 32)),
-        "mlp block": (MlpBlock, (batch * 64, 256)),
-    }
-    resnet = _torchvision_models().get("resnet18")
-    if resnet is not None:
-        out["resnet18 (cifar)"] = (resnet, (batch, 3, 32, 32))
-    return out
+def _loss(model, x):
+    return model(x).float().square().mean()
 
 
-def _mode(mode: str):
-    return sk.compile_mode(mode) if mode != sk.get_compile_mode() else contextlib.nullcontext()
-
-
-def _train_step(compiled: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+def _step(compiled: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
     params = list(compiled.parameters())
 
     def step():
-        with _mode(mode):  # Dynamo guards on the mode: run in the mode it was compiled in
+        same = mode == sk.get_compile_mode()  # Dynamo guards on the mode: run in the compiled one
+        with contextlib.nullcontext() if same else sk.compile_mode(mode):
             for p in params:
                 p.grad = None
-            compiled(x).float().square().mean().backward()
+            _loss(compiled, x).backward()
 
     return step
 
 
-def measure_model(name, make, shape, device, args, log) -> list[dict]:
-    torch.manual_seed(0)
-    x = torch.randn(shape, device=device)
-    steps, saved, compile_s = {}, {}, {}
-    for v in VARIANTS:
+def measure_group(model_name, make, shape, dtype_name, args, deadline) -> list[dict]:
+    """Compile every variant of one (dtype, model) and time their train steps interleaved."""
+    device, dtype = args.device, DTYPES[dtype_name]
+    x = torch.randn(shape, device=device, dtype=dtype)
+    relu, paper, gelu = ((name, f, "auto") for name, f in BASELINES)
+    sugar = [(name, partial(sk.SugarReLU, **kwargs)) for name, kwargs in SUGAR]
+    auto = [(name, f, "auto") for name, f in sugar] if "auto" in args.modes else []
+    other = [(f"{name}, {m}", f, m) for m in args.modes if m != "auto" for name, f in sugar]
+    variants = [relu, *auto, paper, gelu, *other]  # most wanted first: the budget may end it
+    steps, info = {}, {}
+    for name, factory, mode in variants:
+        if time.perf_counter() > deadline:
+            log(f"  {model_name} {dtype_name}: --max-seconds reached, {name} not compiled")
+            continue
         torch.manual_seed(0)
-        model = _swap(make(), v.factory).to(device).train()
+        model = swap_relu(make(), factory).to(device=device, dtype=dtype).train()
         t0 = time.perf_counter()
-        with _mode(v.mode):
-            compiled = torch.compile(model)
-            compiled(x).float().square().mean().backward()  # compile forward and backward
-            saved[v.name] = saved_bytes(
-                lambda m=compiled: m(x).float().square().mean(), model.parameters()
-            )
-        compile_s[v.name] = time.perf_counter() - t0
-        steps[v.name] = _train_step(compiled, x, v.mode)
-        log(f"  {name}: compiled {v.name} in {compile_s[v.name]:.0f} s")
-    timer = Timer(device)
-    cases = [Case(n, fn) for n, fn in steps.items()]
-    stats, errors = interleaved(
-        timer,
-        cases,
-        target_s=args.target_s,
-        min_reps=args.min_reps,
-        max_reps=200,
-        rounds=args.rounds,
-    )
+        try:
+            with sk.compile_mode(mode):
+                compiled = torch.compile(model, backend=args.backend)
+                _loss(compiled, x).backward()  # compiles forward and backward
+                saved = saved_bytes(lambda m=compiled: _loss(m, x), model.parameters())
+            steps[name] = _step(compiled, x, mode)
+            info[name] = dict(saved_MiB=saved / 2**20, peak_MiB=peak_mib(steps[name], device))
+        except Exception as exc:  # report the variant, keep the others
+            info[name] = dict(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        info[name]["compile_s"] = round(time.perf_counter() - t0, 1)
+        log(f"  {model_name} {dtype_name}: compiled {name} in {info[name]['compile_s']} s")
+    t = interleaved(Timer(device), [Case(n, fn) for n, fn in steps.items()], **args.settings)
+    relu, paper = t.stats.get("relu"), t.stats.get("paper formula")
     rows = []
-    relu = stats.get("relu")
-    paper = stats.get("paper formula (bsilu)")
-    for v in VARIANTS:
-        st = stats.get(v.name)
-        row = {
-            "model": name,
-            "variant": v.name,
-            "compile_s": round(compile_s[v.name], 1),
-            "saved_bytes": saved[v.name],
-            "saved_vs_relu": round(saved[v.name] / max(saved["relu"], 1), 3),
-            "error": errors.get(v.name, ""),
-        }
-        if st is not None and st.samples:
-            p20, med, p80 = (1e3 * t for t in spread(st.samples))
-            row.update(
-                min_ms=round(1e3 * min(st.samples), 3),
-                median_ms=round(med, 3),
-                p20_ms=round(p20, 3),
-                p80_ms=round(p80, 3),
-                reps=st.reps,
-                vs_relu=round(med / relu.median_ms, 3) if relu else "",
-            )
-            if v.name in TARGETS and relu:
-                row["verdict"] = verdict(st.samples, relu.samples, TARGETS[v.name])
-            if v.name.startswith("sugar") and paper:
-                row["vs_paper_verdict"] = verdict(st.samples, paper.samples, 1.0)
+    for name, _, _ in variants:
+        row = dict(dtype=dtype_name, model=model_name, variant=name, others_cores=t.others)
+        row |= info.get(name, {"error": "not compiled (time budget)"})
+        if name in t.errors:
+            row["error"] = t.errors[name]
+        st = t.stats.get(name)
+        if st is not None:
+            row |= dict(min_ms=min(st.samples) * 1e3, median_ms=st.median_ms, reps=st.reps)
+            row |= dict(p20_ms=st.ms(20), p80_ms=st.ms(80))
+        if st is not None and relu is not None:
+            row["vs_relu"] = st.median_ms / relu.median_ms
+            row["saved_vs_relu"] = info[name]["saved_MiB"] / max(info["relu"]["saved_MiB"], 1e-9)
+        if st is not None and name.startswith(("sugar", "nelu")):
+            for key, base in (("relu", relu), ("paper", paper)):
+                if base is not None:
+                    limit = TARGETS[f"compiled.{key}"][1]
+                    judged = verdict(st.samples, base.samples, limit, others=t.others)
+                    row[f"vs_{key}_verdict"] = judged
         rows.append(row)
     return rows
 
 
-FIELDS = [
-    "model",
-    "variant",
-    "min_ms",
-    "median_ms",
-    "p20_ms",
-    "p80_ms",
-    "reps",
-    "vs_relu",
-    "verdict",
-    "vs_paper_verdict",
-    "saved_bytes",
-    "saved_vs_relu",
-    "compile_s",
-    "error",
-]
-
-
-def report(rows: list[dict], env: dict) -> str:
-    lines = [
-        "## SUGAR under torch.compile (Inductor)",
-        "",
-        f"Machine: {env.get('device_name', '?')}; torch {env.get('torch', '?')}; "
-        f"commit {env.get('commit', '?')}; {env.get('threads', '?')} threads; "
-        f"{env.get('time_utc', '')}.",
-        "Compiled train step (forward, loss, backward) per model; interleaved repetitions in one "
-        "process; `x relu` = ratio of medians to compiled ReLU; `saved` = bytes autograd keeps "
-        "for backward in the compiled forward (parameters excluded). Targets: SUGAR exact <= "
-        "1.05x ReLU, bits=8/bits=1 in place <= 1.10x, every SUGAR variant <= the paper formula, "
-        f"code modes saving <= {SAVED_TARGET}x ReLU's bytes. 'opaque' = "
-        '`sugar_kernels.set_compile_mode("opaque")` (the kernels as extern calls).',
-        "",
-    ]
-    note = machine_load_note()
-    if note:
-        lines += [f"> {note}", ""]
+def report(rows: list[dict], lines: list[str]) -> str:
+    limit = TARGETS["compiled.saved"][1]
     table = []
     for r in rows:
-        saved_ok = ""
-        if "bits" in r["variant"]:
-            saved_ok = " (met)" if r["saved_vs_relu"] <= SAVED_TARGET else " (missed)"
-        table.append(
-            [
-                r["model"],
-                r["variant"],
-                r.get("min_ms", "-"),
-                f"{r.get('median_ms', '-')} ({r.get('p20_ms', '-')}-{r.get('p80_ms', '-')})",
-                r.get("vs_relu", "-"),
-                r.get("verdict", ""),
-                r.get("vs_paper_verdict", ""),
-                f"{r['saved_bytes'] / 2**20:.2f} MiB = {r['saved_vs_relu']}x{saved_ok}",
-                r["error"],
-            ]
-        )
-    headers = [
-        "model",
-        "activation",
-        "min ms",
-        "median ms (p20-p80)",
-        "x relu",
-        "target",
-        "<= paper",
-        "saved",
-        "error",
-    ]
-    lines += [markdown_table(headers, table, "llrrrllll"), ""]
-    return "\n".join(lines)
+        saved = fmt(r.get("saved_vs_relu"))
+        if "bits" in r["variant"] and r.get("saved_vs_relu") is not None:
+            saved += " (met)" if r["saved_vs_relu"] <= limit else " (missed)"
+        band = f"{fmt(r.get('median_ms'))} ({fmt(r.get('p20_ms'))}-{fmt(r.get('p80_ms'))})"
+        cells = [r["dtype"], r["model"], r["variant"], fmt(r.get("min_ms")), band]
+        cells += [fmt(r.get(k)) for k in ("vs_relu", "vs_relu_verdict", "vs_paper_verdict")]
+        cells += [fmt(r.get("saved_MiB")), saved, fmt(r.get("peak_MiB")), r.get("error", "")]
+        table.append(cells)
+    cols = ["dtype", "model", "activation", "min ms", "median ms (p20-p80)", "x relu"]
+    cols += [f"<= {TARGETS['compiled.relu'][1]}x relu", "<= paper", "saved MiB"]
+    cols += [f"saved x relu (<= {limit}x)", "peak step MiB", "error"]
+    return "\n".join(lines + [markdown_table(cols, table, "lllrrrllrrrl")])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repetitions")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--models", nargs="*", help="subset of the model names")
-    args = parser.parse_args(argv)
-    args.target_s = 2.0 if args.quick else 6.0
-    args.min_reps = 10 if args.quick else 20
-    args.rounds = 5 if args.quick else 10
-    # one cache entry per (model, variant) of the same forward code: keep them all compiled
+def main(argv=None) -> int:
+    ap = parser("benchmarks.compiled", __doc__)
+    ap.add_argument("--quick", action="store_true", help="CPU: small batches, fewer repetitions")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--dtypes", default=None, help="default: cuda bfloat16,float32; cpu float32")
+    ap.add_argument("--modes", default="auto,opaque", help="SUGAR compile modes: auto,opaque,fused")
+    ap.add_argument("--models", default=None, help="comma list of: mlp block,resnet18")
+    ap.add_argument("--max-seconds", type=float, default=None, help="compile nothing after this")
+    args = ap.parse_args(argv)
+    args.device = pick_device(args.device, args.dry_run)
+    args.modes = args.modes.split(",")
+    # aot_eager in a dry run: Dynamo and AOTAutograd without Inductor's C++ compiles (minutes)
+    args.backend = "aot_eager" if args.dry_run else "inductor"
+    default_dtypes = "bfloat16,float32" if args.device == "cuda" else "float32"
+    dtypes = (args.dtypes or default_dtypes).split(",")
+    args.settings = dict(target_s=4.0, min_reps=20, max_reps=200, rounds=10)
+    if args.quick or args.device == "cuda":  # a GPU step takes milliseconds: 1 s per variant
+        args.settings = dict(target_s=2.0 if args.quick else 1.0, min_reps=10, rounds=5)
+    if args.dry_run:
+        args.settings = dict(target_s=0.01, min_reps=3, max_reps=3, rounds=1, warmup=1)
+    # one cache entry per (model, variant, mode) of the same forward code: keep them all compiled
     torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.accumulated_recompile_limit = 4096
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    env = environment(args.device)
-    rows = []
-    for name, (make, shape) in models(args.quick).items():
-        if args.models and name not in args.models:
-            continue
-        log(f"compiled: {name} {shape} on {args.device} ({len(VARIANTS)} compiles, ~1-3 min)")
-        rows += measure_model(name, make, shape, args.device, args, log)
-        torch._dynamo.reset()
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = {k: env.get(k, "") for k in ("device_name", "torch", "commit", "time_utc", "threads")}
-    append_csv(args.results / "compiled.csv", [{**stamp, **r} for r in rows], [*stamp, *FIELDS])
-    text = report(rows, env)
-    (args.results / "compiled.md").write_text(text)
-    print(text)
+    start = time.perf_counter()
+    deadline = start + (args.max_seconds if args.max_seconds is not None else float("inf"))
+    env, rows = environment(args.device), []
+    for dtype_name in dtypes:
+        for name, (make, shape) in workloads(args.device, args.quick, args.dry_run).items():
+            if args.models and name not in args.models.split(","):
+                continue
+            if time.perf_counter() > deadline:
+                log(f"--max-seconds reached: {dtype_name} {name} skipped")
+                continue
+            log(f"compiled: {name} {tuple(shape)} {dtype_name} on {args.device}")
+            rows += measure_group(name, make, shape, dtype_name, args, deadline)
+            write_csv(args.results / "compiled.csv", [r | env for r in rows], FIELDS + list(env))
+            torch._dynamo.reset()
+    lines = header("benchmarks.compiled", argv, env, worst(r["others_cores"] for r in rows))
+    write_report(args.results, "compiled", report(rows, lines))
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 import sugar_kernels as sk
 
-from ..common import device_name, git_commit
+from ..common import device_name, git_commit, log
 from .data import DATASETS, load_data
 from .loop import PROGRESS, train_one
 from .models import MODELS, available_activations, bits8_available, parse_activation
@@ -29,112 +28,42 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train the same model with ReLU, GELU and SUGAR variants and compare test "
         "accuracy, dead units, sparsity, saved activation memory and step time.",
     )
-    p.add_argument(
-        "--data",
-        choices=DATASETS,
-        default="digits",
-        help="digits: scikit-learn's bundled 8x8 digits (default, no download); "
-        "cifar10/cifar100: torchvision on-disk format under --data-dir",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder containing cifar-10-batches-py/ or cifar-100-python/",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="download CIFAR with torchvision into --data-dir if missing (never otherwise)",
-    )
-    p.add_argument(
-        "--model",
-        choices=MODELS,
-        default="cnn",
-        help="cnn (small, no BN), resnet18 (CIFAR stem), vgg16 (no BN), vgg16_bn",
-    )
-    p.add_argument(
-        "--activations",
-        nargs="+",
-        default=None,
-        help="activations to compare (space- or comma-separated): relu gelu "
-        "sugar-bsilu sugar-nelu [sugar-bsilu-b8 sugar-nelu-b8, when bits=8 is "
-        "available]; any sugar-<surrogate>[-b<bits>] works. Default: all "
-        "available",
-    )
-    p.add_argument(
-        "--width",
-        type=int,
-        default=None,
-        help="channels of the first cnn layer (default 32, quick: 16)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's default; quick: 1, which is faster "
-        "for this tiny model on a busy machine)",
-    )
-    p.add_argument("--epochs", type=int, default=None, help="default 20 (quick: 12)")
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help="number of seeds, run as first-seed, first-seed+1, ... (default 3, quick: 2)",
-    )
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None, help="default 0.05 for sgd, 1e-3 for adam")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=None, help="default 64")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    p.add_argument(
-        "--augment",
-        action="store_true",
-        help="random crop + flip (off by default and with --paper)",
-    )
-    p.add_argument(
-        "--paper",
-        action="store_true",
-        help="the paper's setup: SGD, lr 0.001, batch 128, no augmentation "
-        "(momentum stays --momentum)",
-    )
-    p.add_argument(
-        "--stress",
-        action="store_true",
-        help="dying-ReLU stress: hidden biases (and BN shifts) initialised to "
-        "-STRESS_BIAS, so many units start dead",
-    )
-    p.add_argument(
-        "--stress-bias",
-        type=float,
-        default=0.5,
-        help="bias used by --stress (default 0.5: ~90%% of the small cnn's units start dead)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="fast comparison: digits, cnn, 12 epochs, 2 seeds (~1-2 min on 2 CPUs)",
-    )
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
-    p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
-    p.add_argument("--out", default=None, help="folder for results.md and PNG plots")
-    p.add_argument(
-        "--progress",
-        choices=PROGRESS,
-        default="auto",
-        help="auto (default): tqdm bars on a terminal, one plain line per epoch when stderr "
-        "goes to a file or pipe; bar; lines; off",
-    )
-    p.add_argument("--no-progress", action="store_true", help="same as --progress off")
+    add = p.add_argument
+    add("--data", choices=DATASETS, default="digits", help="cifar: the on-disk format")
+    add("--data-dir", default=None, help="folder holding cifar-10-batches-py/ or cifar-100-python/")
+    add("--download", action="store_true", help="download CIFAR into --data-dir if missing")
+    add("--model", choices=MODELS, default="cnn", help="resnet18 and vgg16*: CIFAR variants")
+    add("--activations", nargs="+", default=None, help="relu gelu sugar-<name>[-b<bits>] (all)")
+    add("--width", type=int, default=None, help="channels of the cnn's first layer (32; quick 16)")
+    add("--threads", type=int, default=None, help="torch CPU threads (quick: 1)")
+    add("--epochs", type=int, default=None, help="default 20 (quick: 12)")
+    add("--seeds", type=int, default=None, help="seeds first-seed, first-seed+1, ... (3; quick 2)")
+    add("--first-seed", type=int, default=0)
+    add("--lr", type=float, default=None, help="default 0.05 for sgd, 1e-3 for adam")
+    add("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    add("--weight-decay", type=float, default=0.0)
+    add("--batch-size", type=int, default=None, help="default 64")
+    add("--optimizer", choices=("sgd", "adam"), default="sgd")
+    add("--augment", action="store_true", help="random crop + flip")
+    add("--paper", action="store_true", help="the paper's: SGD, lr 0.001, batch 128, no augment")
+    add("--stress", action="store_true", help="dying ReLUs: hidden biases start at -STRESS_BIAS")
+    add("--stress-bias", type=float, default=0.5, help="default 0.5 (~90%% of units start dead)")
+    add("--quick", action="store_true", help="digits, cnn, 12 epochs, 2 seeds (~1 min on 2 CPUs)")
+    add("--dry-run", action="store_true", help="seconds: 1 epoch, 1 seed, a tiny cnn")
+    add("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    add("--json", dest="json_path", default=None, help="write the results as JSON here")
+    add("--out", default=None, help="folder for results.md and PNG plots")
+    add("--progress", choices=PROGRESS, default="auto", help="auto, lines: one line per epoch")
+    add("--no-progress", action="store_true", help="same as --progress off")
     args = p.parse_args(argv)
 
+    if args.dry_run:
+        args.quick, args.epochs, args.seeds, args.width = True, 1, 1, 4
+        args.activations = args.activations or ["relu", "sugar-bsilu"]
     if args.quick:
-        args.data = "digits"
-        args.model = "cnn"
-        args.epochs = args.epochs or 12
-        args.seeds = args.seeds or 2
-        args.width = args.width or 16
-        args.threads = args.threads or 1
+        args.data, args.model = "digits", "cnn"
+        args.epochs, args.seeds = args.epochs or 12, args.seeds or 2
+        args.width, args.threads = args.width or 16, args.threads or 1
     if args.paper:
         if args.optimizer != "sgd" or args.augment:
             p.error("--paper means SGD without augmentation")
@@ -176,29 +105,15 @@ def run(args: argparse.Namespace) -> dict:
     data = load_data(args.data, args.data_dir, args.download)
     device = torch.device(args.device)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    runs = []
+    runs, progress = [], "off" if args.no_progress else args.progress
     for act in args.activations:
-        per_seed = [
-            train_one(
-                args, data, act, s, device, progress="off" if args.no_progress else args.progress
-            )
-            for s in seeds
-        ]
-        runs.append(aggregate(act, per_seed))
-        r = runs[-1]
-        print(
-            f"{act:>16}: test acc {100 * r['test_accuracy']:.2f} ± "
-            f"{100 * r['test_accuracy_std']:.2f}%  dead {pct(r['dead_fraction'])}  "
-            f"step {r['step_time_ms']:.2f} ms",
-            file=sys.stderr,
-            flush=True,
-        )
-    config = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("json_path", "out", "no_progress", "progress")
-    }
-    config["seeds"] = seeds
+        r = aggregate(act, [train_one(args, data, act, s, device, progress) for s in seeds])
+        runs.append(r)
+        acc = f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f}%"
+        step = f"step {r['step_time_ms']:.2f} ms"
+        log(f"{act:>16}: test acc {acc}  dead {pct(r['dead_fraction'])}  {step}")
+    skip = ("json_path", "out", "no_progress", "progress")
+    config = {k: v for k, v in vars(args).items() if k not in skip} | {"seeds": seeds}
     return {
         "schema_version": SCHEMA_VERSION,
         "config": config,
@@ -236,13 +151,6 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        plots = write_plots(result, out)
-        md = (
-            "# Training comparison\n\n"
-            + text
-            + "\n\n"
-            + "\n".join(f"![{p}]({p})" for p in plots)
-            + "\n"
-        )
-        (out / "results.md").write_text(md)
+        figures = "\n".join(f"![{p}]({p})" for p in write_plots(result, out))
+        (out / "results.md").write_text(f"# Training comparison\n\n{text}\n\n{figures}\n")
     return 0

@@ -1,5 +1,5 @@
 """Training one (activation, seed), evaluation, the saved-bytes measurement, and progress output
-(a tqdm bar on a terminal, one plain line per epoch otherwise)."""
+(one line per epoch on stderr)."""
 
 from __future__ import annotations
 
@@ -47,17 +47,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-PROGRESS = ("auto", "bar", "lines", "off")
-
-
-def progress_mode(requested: str = "auto") -> str:
-    """The progress style to use: for "auto", tqdm bars on a terminal and plain per-epoch lines
-    when stderr is a file or a pipe (a log gets no carriage-return bars); else the one asked for."""
-    if requested not in PROGRESS:
-        raise ValueError(f"progress must be one of {', '.join(PROGRESS)}, not {requested!r}")
-    if requested == "auto":
-        return "bar" if sys.stderr.isatty() else "lines"
-    return requested
+PROGRESS = ("auto", "lines", "off")
 
 
 def train_one(
@@ -68,11 +58,10 @@ def train_one(
     device,
     progress: str = "auto",
 ) -> dict:
-    """Train one (activation, seed) and return its measurements; progress goes to stderr
-    (``progress_mode``)."""
-    from tqdm import tqdm
-
-    mode = progress_mode(progress)
+    """Train one (activation, seed) and return its measurements; progress ("auto" or "lines":
+    one line per epoch) goes to stderr."""
+    if progress not in PROGRESS:
+        raise ValueError(f"progress must be one of {', '.join(PROGRESS)}, not {progress!r}")
 
     torch.manual_seed(seed)
     model = build_model(cfg.model, data.in_channels, data.num_classes, data.image_size, cfg.width)
@@ -105,29 +94,13 @@ def train_one(
     step_times: list[float] = []
     grad_summary = None
     t_start = time.perf_counter()
-    bar = tqdm(
-        range(1, cfg.epochs + 1),
-        desc=f"{activation} seed {seed}",
-        unit="ep",
-        disable=mode != "bar",
-        leave=True,
-        file=sys.stderr,
-    )
-    for epoch in bar:
+    for epoch in range(1, cfg.epochs + 1):
         model.train()
         last = epoch == cfg.epochs
         mon = ActivationMonitor(model, track_grad=True).attach() if last else None
         perm = torch.randperm(n_train, generator=gen)
         losses = []
-        inner = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch}",
-            unit="step",
-            leave=False,
-            disable=mode != "bar" or steps_per_epoch < 100,
-            file=sys.stderr,
-        )
-        for step in inner:
+        for step in range(steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
             x, y = data.batch(data.train, idx, device)
             if cfg.augment:
@@ -156,9 +129,7 @@ def train_one(
             "acc": f"{acc:.3f}",
             "dead": f"{summ['total']['dead_fraction']:.2f}",
         }
-        if mode == "bar":
-            bar.set_postfix(stats)
-        elif mode == "lines":
+        if progress != "off":
             print(
                 f"{activation} seed {seed} epoch {epoch}/{cfg.epochs}: "
                 + " ".join(f"{k} {v}" for k, v in stats.items())
@@ -166,7 +137,6 @@ def train_one(
                 file=sys.stderr,
                 flush=True,
             )
-    bar.close()
     wall = time.perf_counter() - t_start
     warm = step_times[3:] if len(step_times) > 6 else step_times
     final = summ

@@ -9,6 +9,8 @@ from torch import nn
 
 import sugar_kernels as sk
 
+from ..common import swap_relu
+
 BASE_ACTIVATIONS = ("relu", "gelu", "sugar-bsilu", "sugar-nelu")
 BITS8_ACTIVATIONS = ("sugar-bsilu-b8", "sugar-nelu-b8")
 MODELS = ("cnn", "resnet18", "vgg16", "vgg16_bn")
@@ -56,11 +58,7 @@ def apply_activation(model: nn.Module, name: str) -> nn.Module:
     if spec["kind"] == "relu":
         return model
     if spec["kind"] == "gelu":
-        for parent in list(model.modules()):
-            for cname, child in list(parent.named_children()):
-                if isinstance(child, nn.ReLU):
-                    setattr(parent, cname, nn.GELU())
-        return model
+        return swap_relu(model, nn.GELU)
     kwargs = {} if spec["bits"] is None else {"bits": spec["bits"]}
     return sk.convert(model, spec["surrogate"], **kwargs)
 

@@ -25,26 +25,21 @@ def aggregate(activation: str, per_seed: list[dict]) -> dict:
     curve = {"epoch": per_seed[0]["curve"]["epoch"]}
     for key in ("test_accuracy", "train_loss", "dead_fraction"):
         curve[key] = [_mean([r["curve"][key][i] for r in per_seed]) for i in range(n_epochs)]
+    means = ["test_accuracy", "dead_fraction", "dead_fraction_init", "sparsity"]
+    means += ["inactive_fraction", "grad_to_inactive", "grad_inactive_nonzero", "step_time_ms"]
     return {
         "activation": activation,
         "surrogate": spec["surrogate"],
         "bits": spec["bits"],
         "seeds": [r["seed"] for r in per_seed],
-        "test_accuracy": _mean([r["test_accuracy"] for r in per_seed]),
+        **{k: _mean([r[k] for r in per_seed]) for k in means},
         "test_accuracy_std": _std([r["test_accuracy"] for r in per_seed]),
-        "dead_fraction": _mean([r["dead_fraction"] for r in per_seed]),
         "dead_fraction_std": _std([r["dead_fraction"] for r in per_seed]),
-        "dead_fraction_init": _mean([r["dead_fraction_init"] for r in per_seed]),
         "dead_fraction_per_layer": {
             k: _mean([r["dead_fraction_per_layer"][k] for r in per_seed]) for k in layers
         },
         "units_per_layer": per_seed[0]["units_per_layer"],
-        "sparsity": _mean([r["sparsity"] for r in per_seed]),
-        "inactive_fraction": _mean([r["inactive_fraction"] for r in per_seed]),
-        "grad_to_inactive": _mean([r["grad_to_inactive"] for r in per_seed]),
-        "grad_inactive_nonzero": _mean([r["grad_inactive_nonzero"] for r in per_seed]),
         "saved_activation_bytes": per_seed[0]["saved_activation_bytes"],
-        "step_time_ms": _mean([r["step_time_ms"] for r in per_seed]),
         "curve": curve,
         "per_seed": per_seed,
     }
