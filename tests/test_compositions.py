@@ -20,6 +20,7 @@ from functools import partial
 
 import pytest
 import torch
+from helpers import DEVICES
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -86,11 +87,16 @@ class Block(nn.Module):
 
 
 class Zoo(nn.Module):
-    def __init__(self, modes: list[dict], brk=None, bn=True, ckpt=None, width=D):
+    def __init__(self, modes: list[dict], brk=None, bn=True, ckpt=None, width=D, backend="auto"):
         super().__init__()
         self.inp, self.out, self.ckpt = nn.Linear(12, width), nn.Linear(width, 3), ckpt
         self.blocks = nn.ModuleList(
-            Block(Act(brk, **m), bn=bn and i % 2 == 0, residual=i % 3 == 1, width=width)
+            Block(
+                Act(brk, backend=backend, **m),
+                bn=bn and i % 2 == 0,
+                residual=i % 3 == 1,
+                width=width,
+            )
             for i, m in enumerate(modes)
         )
 
@@ -116,9 +122,10 @@ def _init(model: nn.Module, dtype=torch.float64) -> nn.Module:
     return model.to(dtype)
 
 
-def _data(n=BATCH, dtype=torch.float64, seed=1, seq=None):
+def _data(n=BATCH, dtype=torch.float64, seed=1, seq=None, device="cpu"):
     shape = (n, 12) if seq is None else (n, seq, 12)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2
+    return x.to(device)
 
 
 def _run(model, x):
@@ -163,6 +170,18 @@ _EXTRA = dict(zip(WAYS, list(OUT_OF_PLACE_MODES) * 4))
 # (batch, sequence, width) activations for every other way, (batch, width) for the rest: a
 # Linear's output reaches the activation directly or through views.
 _SEQ = {way: 3 if i % 2 == 0 else None for i, way in enumerate(WAYS)}
+# The backend that runs the activations, per device, in rotation over the ways (the compiled
+# kernel under "auto"; Triton on GPUs; the reference on the CPU, whose in-place form is an
+# autograd.Function). Triton on the CPU runs only under its interpreter, which cannot compile.
+_BACKENDS = {"cpu": ("auto", "auto", "reference"), "cuda": ("auto", "triton")}
+
+
+def _backend(way: str, device: str) -> str:
+    rotation = _BACKENDS[device]
+    backend = rotation[list(WAYS).index(way) % len(rotation)]
+    # torch.export cannot trace the reference backend's table constants (it raises, naming a
+    # lifted tensor): the reference is an oracle, not a deployment path.
+    return "auto" if backend == "reference" and WAYS[way][2] == "export" else backend
 
 
 @contextlib.contextmanager
@@ -173,18 +192,20 @@ def _fresh(mode):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("way", WAYS)
-def test_way_matches_eager(way):
+def test_way_matches_eager(way, device):
     mode, build, run = WAYS[way]
-    model = _init(Zoo(_modes(_EXTRA[way]), **build))
+    backend = _backend(way, device)
+    model = _init(Zoo(_modes(_EXTRA[way]), backend=backend, **build))
     dtype = torch.float32 if run == "autocast" else torch.float64
-    model = model.to(dtype)
-    xs = [_data(dtype=dtype, seq=_SEQ[way])]
+    model = model.to(device, dtype)
+    xs = [_data(dtype=dtype, seq=_SEQ[way], device=device)]
     if run == "dynamic":
-        xs.append(_data(n=5, dtype=dtype, seed=2, seq=_SEQ[way]))
+        xs.append(_data(n=5, dtype=dtype, seed=2, seq=_SEQ[way], device=device))
     with _fresh(mode):
         if run == "autocast":
-            autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+            autocast = partial(torch.autocast, device, dtype=torch.bfloat16)
             with autocast():
                 want = [_run(model, x) for x in xs]
             compiled = torch.compile(model)
@@ -208,7 +229,8 @@ def test_way_matches_eager(way):
             got = [_run(runner, x) for x in xs]
     tol = 1e-2 if run == "autocast" else 1e-9
     for i, (g, w) in enumerate(zip(got, want)):
-        assert _rel_err(g, w) <= tol, f"{way} (compile mode {mode}), input {i}: {_rel_err(g, w)}"
+        err = _rel_err(g, w)
+        assert err <= tol, f"{way} ({device}, {backend}, compile mode {mode}), input {i}: {err}"
 
 
 def test_compile_under_no_grad_and_inference_matches_eager():
