@@ -69,11 +69,14 @@ def _interval_of(x, thresholds_ptr, search_ptr, n_thresholds, BUCKETS: tl.conste
     first = tl.load(search_ptr + 1 + u.to(tl.int32))
     scan = tl.load(search_ptr)
     below = first
-    for k in range(scan):
+    # A while loop: triton 3.6's interpreter cannot take a loaded value as a range() bound.
+    k = 0
+    while k < scan:
         idx = first + k
         real = idx < n_thresholds
         t = tl.load(thresholds_ptr + idx, mask=real, other=0)
         below += ((t < x) & real).to(tl.int32)
+        k += 1
     return below
 
 

@@ -116,15 +116,21 @@ class Launch(NamedTuple):
     per: int
 
 
+def _traceable(kernel):
+    """The kernel as torch.compile can trace it. Interpreted kernels (TRITON_INTERPRET=1) cannot
+    be traced at all, and torch 2.11's wrap_triton rejects them: launch them as they are."""
+    return kernel if INTERPRET else wrap_triton(kernel)
+
+
 def run(launch: Launch) -> None:
     """Start the launch (under torch.compile: trace it, through wrap_triton)."""
     kernel, autotuned, args, flags, autotune, units, per = launch
     if autotune:
         grid = lambda meta: (triton.cdiv(units, meta["BLOCK_SIZE"] // per),)  # noqa: E731
-        wrap_triton(autotuned)[grid](*args, **flags)
+        _traceable(autotuned)[grid](*args, **flags)
     else:
         grid = (triton.cdiv(units, SMALL_BLOCK_SIZE // per),)
-        wrap_triton(kernel)[grid](*args, **flags, BLOCK_SIZE=SMALL_BLOCK_SIZE)
+        _traceable(kernel)[grid](*args, **flags, BLOCK_SIZE=SMALL_BLOCK_SIZE)
 
 
 def launch_configs(launch: Launch) -> list[dict]:
