@@ -1,0 +1,68 @@
+"""SUGAR on DTensor activations (tensor and sequence parallelism).
+
+The activation is elementwise, so every rank computes it on its own local shard: the DTensor is
+unwrapped with ``to_local()``, the ordinary (plain-tensor) SUGAR path runs on the shard with any
+backend, and the result is wrapped back with ``DTensor.from_local`` in the input's placements.
+Both wrappers are differentiable, so the shard's op keeps its own autograd: it saves the local
+shard of x (exact mode) or the packed codes of the local shard (code modes), and the gradient
+comes back as a DTensor in the input's placements. Nothing is communicated for the activation
+itself, and the packed codes (whose byte layout is the local shard's) never become a DTensor:
+a global view of per-shard codes would have no valid placement.
+
+Placements follow ``torch.relu``: Shard (any dim) and Replicate are kept; a Partial input is
+first redistributed to Replicate (relu of a partial sum is not the sum of the partial relus), as
+DTensor does before a non-linear pointwise op. In place (code modes) is the functional
+activation followed by ``x.copy_(y)`` on the DTensor; like ``torch.relu_``, it refuses a Partial
+input, whose placement would have to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+try:
+    from torch.distributed.tensor import DTensor, Replicate
+except ImportError:  # torch built without distributed support
+    DTensor = None
+
+
+def is_dtensor(x: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(x, DTensor)
+
+
+def sugar_relu_dtensor(
+    x: torch.Tensor, local_fn: Callable[[torch.Tensor], torch.Tensor], inplace: bool
+) -> torch.Tensor:
+    """``local_fn`` (an out-of-place SUGAR activation of a plain tensor) applied to each local
+    shard of the DTensor ``x``; in place, the result is then copied into ``x``."""
+    mesh, placements = x.device_mesh, tuple(x.placements)
+    if any(p.is_partial() for p in placements):
+        if inplace:
+            raise RuntimeError(
+                f"sugar_relu(inplace=True) got a DTensor with placements {placements}: relu of a "
+                "partial sum needs the sum first, which changes the placement of x, so it cannot "
+                "be done in place (torch.relu_ refuses it too); use inplace=False, or "
+                "redistribute x to Replicate or Shard first"
+            )
+        placements = tuple(Replicate() if p.is_partial() else p for p in placements)
+        x = x.redistribute(mesh, placements)
+    local = x.to_local()
+    y_local = local_fn(local)
+    shape, stride = x.shape, x.stride()
+    if y_local.stride() != local.stride():
+        # A shard that is not dense gives a contiguous y (empty_like): describe it as such.
+        y_local, stride = y_local.contiguous(), _contiguous_strides(shape)
+    # The global size and strides are passed: the local ones times the mesh size would be wrong
+    # for uneven shards.
+    y = DTensor.from_local(y_local, mesh, placements, run_check=False, shape=shape, stride=stride)
+    return x.copy_(y) if inplace else y
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
