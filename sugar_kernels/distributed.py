@@ -48,7 +48,7 @@ def sugar_relu_dtensor(
             )
         placements = tuple(Replicate() if p.is_partial() else p for p in placements)
         x = x.redistribute(mesh, placements)
-    local = x.to_local()
+    local = _LocalShard.apply(x)
     y_local = local_fn(local)
     shape, stride = x.shape, x.stride()
     if y_local.stride() != local.stride():
@@ -58,6 +58,27 @@ def sugar_relu_dtensor(
     # for uneven shards.
     y = DTensor.from_local(y_local, mesh, placements, run_check=False, shape=shape, stride=stride)
     return x.copy_(y) if inplace else y
+
+
+class _LocalShard(torch.autograd.Function):
+    """``x.to_local()`` whose gradient is a DTensor with x's placements, size and strides.
+
+    ``to_local``'s own backward derives the gradient's global strides from the local shard, which
+    is wrong for uneven shards on a dimension other than the first; torch 2.11 then makes the
+    gradient Replicate (a gather) when it is accumulated into a leaf with the right strides.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.meta = (x.device_mesh, tuple(x.placements), x.shape, x.stride())
+        return x.to_local()
+
+    @staticmethod
+    def backward(ctx, grad):
+        mesh, placements, shape, stride = ctx.meta
+        return DTensor.from_local(
+            grad, mesh, placements, run_check=False, shape=shape, stride=stride
+        )
 
 
 def _contiguous_strides(shape) -> tuple[int, ...]:

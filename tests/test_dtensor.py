@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORLD = 2
-LAUNCH_TIMEOUT_S = 240  # the launch takes ~40-60 s on a busy 2-core machine
+LAUNCH_TIMEOUT_S = 240  # the launch: ~35 s with warm compile caches, ~90 s cold, 2 busy cores
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # Every value of each option appears: exact and bits 8/4/2/1, in place and not, both regions.
@@ -346,9 +346,6 @@ def _worker(rank, out_dir, ports):
 
     torch.set_num_threads(1)
     torch._inductor.config.compile_threads = 1  # no compile worker pool on a 2-core machine
-    # Compiled functions see one input signature each; a change of local shapes would mark them
-    # dynamic, which torch's own tensor parallelism does not survive (README "Distributed").
-    torch._dynamo.config.automatic_dynamic_shapes = False
     # One Inductor cache per rank: with uneven shards the ranks compile graphs whose local shapes
     # differ, and torch's compile caches key them on the DTensors' global shapes only, so a rank
     # would load the other rank's code (which then fails its size asserts).
@@ -384,7 +381,7 @@ def _worker(rank, out_dir, ports):
     _run_readme(_readme_blocks(), ports, record)
     os.environ["MASTER_PORT"] = str(ports[-1])
     # A case that fails on one rank only leaves the other in a collective: time it out.
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=90))
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
         for stage, backend in [("eager", b) for b in CPU_BACKENDS] + COMPILED:
