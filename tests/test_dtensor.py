@@ -81,12 +81,14 @@ def _activation_cases(stage: str, backend: str) -> list[str]:
 
 def _readme_blocks() -> list[str]:
     """The python code blocks of README.md's "Distributed" section."""
-    text = README.read_text()
-    section = text.split("\n## Distributed\n", 1)[1].split("\n## ", 1)[0]
+    text = README.read_text() + "\n## "
+    section = text.partition("\n## Distributed\n")[2].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
 README_CASES = [f"readme-{i}" for i in range(len(_readme_blocks()))]
+assert README_CASES, 'README.md has no python examples in its "## Distributed" section'
+
 ACTIVATION_CASES = [
     case
     for stage, backend in [("eager", b) for b in CPU_BACKENDS] + COMPILED
@@ -259,7 +261,7 @@ def _model(backend: str) -> nn.Module:
     torch.manual_seed(0)
     layers = [
         ("w1", nn.Linear(8, 16)),
-        ("a1", act("exact")),  # Shard(2): column-parallel output
+        ("a1", nn.ReLU()),  # Shard(2): column-parallel output; sk.convert makes it exact SUGAR
         ("w2", nn.Linear(16, 8)),
         ("a2", act("b8-neg-inplace")),  # Shard(1): sequence parallel
         ("w3", nn.Linear(8, 16)),
@@ -271,7 +273,8 @@ def _model(backend: str) -> nn.Module:
         ("w6", nn.Linear(16, 8)),
         ("a6", act("b1-neg")),  # Partial -> Replicate
     ]
-    return nn.Sequential(OrderedDict(layers)).double()
+    model = nn.Sequential(OrderedDict(layers)).double()
+    return sk.convert(model, **MODES["exact"], backend=backend)
 
 
 def _parallelize(model, mesh):
