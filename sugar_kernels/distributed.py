@@ -9,6 +9,11 @@ comes back as a DTensor in the input's placements. Nothing is communicated for t
 itself, and the packed codes (whose byte layout is the local shard's) never become a DTensor:
 a global view of per-shard codes would have no valid placement.
 
+The exact-mode ops themselves (``sugar::relu_forward``, ``relu_backward`` and their ``triton_``
+variants) also get a pointwise sharding strategy, so calling them directly on DTensors works
+(their autograd then runs at the DTensor level). The code-mode ops get none: their packed codes
+have no global layout, so ``sugar_relu`` keeps them below the DTensor level as described above.
+
 Placements follow ``torch.relu``: Shard (any dim) and Replicate are kept; a Partial input is
 first redistributed to Replicate (relu of a partial sum is not the sum of the partial relus), as
 DTensor does before a non-linear pointwise op. In place (code modes) is the functional
@@ -22,8 +27,11 @@ from collections.abc import Callable
 
 import torch
 
+from . import triton_kernels  # noqa: F401  (registers the triton_ ops, when Triton is importable)
+
 try:
-    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor.experimental import register_sharding
 except ImportError:  # torch built without distributed support
     DTensor = None
 
@@ -87,3 +95,36 @@ def _contiguous_strides(shape) -> tuple[int, ...]:
         strides.append(step)
         step *= max(size, 1)
     return tuple(reversed(strides))
+
+
+def _pointwise_sharding(*tensor_specs):
+    """(output placements, input placements) options of an elementwise op, per mesh dimension:
+    the same Shard(d) everywhere, or Replicate everywhere. A Partial input offers Replicate only:
+    like torch.relu, sum first (a reduce-scatter to a Shard would give another placement)."""
+    ndim = tensor_specs[0].ndim
+    replicate = [([Replicate()], [Replicate()] * len(tensor_specs))]
+    if any(p.is_partial() for spec in tensor_specs for p in spec.placements):
+        return replicate
+    shards = [([Shard(d)], [Shard(d)] * len(tensor_specs)) for d in range(ndim)]
+    return shards + replicate
+
+
+def _register_exact_op_sharding() -> None:
+    for prefix in ("", "triton_"):
+        forward = getattr(torch.ops.sugar, f"{prefix}relu_forward", None)
+        backward = getattr(torch.ops.sugar, f"{prefix}relu_backward", None)
+        if forward is None or backward is None:
+            continue
+
+        @register_sharding(forward.default)
+        def _forward_sharding(x, surrogate, alpha, region):
+            return [(out, [*inp, None, None, None]) for out, inp in _pointwise_sharding(x)]
+
+        @register_sharding(backward.default)
+        def _backward_sharding(grad_y, x, surrogate, alpha, region):
+            options = _pointwise_sharding(grad_y, x)
+            return [(out, [*inp, None, None, None]) for out, inp in options]
+
+
+if DTensor is not None:
+    _register_exact_op_sharding()

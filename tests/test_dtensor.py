@@ -60,9 +60,13 @@ PLACEMENTS = {
     "sequence": ((2, 5, 3), "S1"),  # (batch, seq, hidden), sharded on the sequence
 }
 CPU_BACKENDS = [b for b in sk.available_backends("cpu") if b != "triton"]  # no interpreter here
+# "ops": the exact-mode op called directly on the DTensor (its own sharding strategy), not
+# through sugar_relu's per-shard path.
+OPS = ["ops"] if sk.build_info()["cpu_compiled"] else []
 # Inductor is covered by the model below (every placement kind an activation meets there) and by
 # the README example: each Inductor compile costs ~10 s here.
-COMPILED = [("aot_eager", b) for b in CPU_BACKENDS]
+EAGER = [("eager", b) for b in CPU_BACKENDS + OPS]
+COMPILED = [("aot_eager", b) for b in CPU_BACKENDS + OPS]
 MODEL_STAGES = [("eager", b) for b in CPU_BACKENDS] + [("aot_eager", "cpu"), ("inductor", "cpu")]
 
 
@@ -74,9 +78,17 @@ def _activation_cases(stage: str, backend: str) -> list[str]:
     return [
         f"{stage}-{backend}-{placement}-{mode}"
         for placement in PLACEMENTS
-        for mode in MODES
+        for mode in (["exact"] if backend == "ops" else MODES)
         if stage == "eager" or not _inplace_partial(placement, mode)
     ]
+
+
+def _activation(backend: str, mode: str):
+    """What a case applies: sugar_relu on a backend, or ("ops") the exact op itself."""
+    if backend == "ops":
+        _, alpha, _ = sk.surrogates.resolve("bsilu", None, "all")
+        return lambda x: torch.ops.sugar.relu_forward(x, "bsilu", alpha, "all")
+    return lambda x: sk.sugar_relu(x, backend=backend, **MODES[mode])
 
 
 def _readme_blocks() -> list[str]:
@@ -90,9 +102,7 @@ README_CASES = [f"readme-{i}" for i in range(len(_readme_blocks()))]
 assert README_CASES, 'README.md has no python examples in its "## Distributed" section'
 
 ACTIVATION_CASES = [
-    case
-    for stage, backend in [("eager", b) for b in CPU_BACKENDS] + COMPILED
-    for case in _activation_cases(stage, backend)
+    case for stage, backend in EAGER + COMPILED for case in _activation_cases(stage, backend)
 ]
 MODEL_CASES = [f"tp-model-{stage}-{backend}" for stage, backend in MODEL_STAGES]
 
@@ -115,7 +125,7 @@ def _grad_output(shape) -> torch.Tensor:
 def _single_process(shape, mode: str, backend: str, device="cpu"):
     """(y, grad_x) of one process on the full tensor: what every DTensor case must reproduce."""
     x = _full_input(shape).to(device).requires_grad_()
-    y = sk.sugar_relu(x.clone(), backend=backend, **MODES[mode])
+    y = _activation("cpu" if backend == "ops" else backend, mode)(x.clone())
     y.backward(_grad_output(shape).to(device))
     return y.detach(), x.grad
 
@@ -200,10 +210,7 @@ def _run_activation_cases(mesh, stage, backend, record):
     specs = [case.split("-", 3)[2:] for case in cases]  # (placement, mode)
 
     def activations(xs):
-        return [
-            sk.sugar_relu(x.clone(), backend=backend, **MODES[mode])
-            for x, (_, mode) in zip(xs, specs)
-        ]
+        return [_activation(backend, mode)(x.clone()) for x, (_, mode) in zip(xs, specs)]
 
     if stage == "eager":
         runs = []
@@ -211,7 +218,7 @@ def _run_activation_cases(mesh, stage, backend, record):
             leaf, x = _dtensor_input(mesh, placement)
             xin = x.clone()
             try:
-                y = sk.sugar_relu(xin, backend=backend, **MODES[mode])
+                y = _activation(backend, mode)(xin)
             except RuntimeError as exc:
                 runs.append((leaf, exc, xin))
                 continue
@@ -387,7 +394,7 @@ def _worker(rank, out_dir, ports):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=90))
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
-        for stage, backend in [("eager", b) for b in CPU_BACKENDS] + COMPILED:
+        for stage, backend in EAGER + COMPILED:
             with record(f"stage-{stage}-{backend}"):
                 _run_activation_cases(mesh, stage, backend, record)
         for stage, backend in MODEL_STAGES:
