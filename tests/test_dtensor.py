@@ -1,8 +1,9 @@
 """SUGAR on DTensor activations (tensor and sequence parallelism), in two gloo processes on the CPU.
 
 Starting processes is slow (each imports torch), so ONE launch of two workers runs every case:
-the README's "Distributed" examples, ``sugar_relu`` on each placement (eager and compiled), and
-a tensor + sequence parallel model in every mode (eager, ``aot_eager``, Inductor). Each worker
+the README's "Distributed" examples, ``sugar_relu`` on each placement (eager and compiled; also
+the exact op called directly on a DTensor), and a tensor + sequence parallel model in every mode
+(eager, ``aot_eager``, Inductor). Each worker
 also computes the single-process results the cases are compared with, and records per case
 "ok" or the failure; the parametrised tests below report each case. The launch is bounded in
 time: a hang fails the tests (with the case it hung in) instead of stalling the suite.
