@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.overrides import has_torch_function_unary
 
-from . import _ops, functorch, inductor, triton_kernels
+from . import _ops, distributed, functorch, inductor, triton_kernels
 from ._ops import InplaceCodes
 from .codes import check_bits, kernel_tables
 from .reference import ReferenceCodes, ReferenceSugarReLU, reference_backward_codes
@@ -120,6 +120,12 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     elif inplace:
         raise ValueError("inplace=True needs a code mode (bits=8/4/2/1): exact mode keeps x")
     _check_input(x)
+    if distributed.is_dtensor(x):
+        # Tensor/sequence parallel: each rank runs the plain-tensor path on its local shard.
+        def local(shard):
+            return _sugar_relu(shard, surrogate, alpha, table_alpha, region, bits, False, backend)
+
+        return distributed.sugar_relu_dtensor(x, local, inplace)
     dev = "cpu" if x.is_cpu else x.device.type
     backend = _resolve_backend(backend, dev)
     # Read while Dynamo traces, so compiled code guards on the compile mode: switching it
