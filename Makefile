@@ -39,7 +39,7 @@ $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
 	touch $@
 
 test: install
-	@echo ">>> test suite on CPU: ~4.5 min on a quiet 2-core machine, up to ~13 min on a shared one (CUDA tests skip without a GPU); then the Triton interpreter tests: ~1 min"
+	@echo ">>> test suite on CPU: ~5 min on a quiet 2-core machine, up to ~13 min on a shared one (CUDA tests skip without a GPU); then the Triton interpreter tests: ~1 min"
 	$(VPY) -m pytest -q --durations=5 tests --ignore=tests/triton_interpret
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q --durations=5 tests/triton_interpret
 
