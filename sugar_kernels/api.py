@@ -6,22 +6,14 @@ import torch
 from torch import nn
 from torch.overrides import has_torch_function_unary
 
-from . import _ops, distributed, functorch, inductor, triton_kernels
+from . import _ops, distributed, functorch, inductor
 from ._ops import InplaceCodes
+from .backends import REGISTRY, Backend, available
 from .codes import check_bits, kernel_tables
-from .reference import ReferenceCodes, ReferenceSugarReLU, reference_backward_codes
-from .reference import reference_forward_codes_ as _reference_forward_codes_
 from .surrogates import resolve
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_COMPILED_KEY = {"cpu": "CPU", "cuda": "CUDA"}
-# Which compiled kernels this build registered (fixed once the extension is imported), and
-# whether Triton can run each device's tensors (fixed when triton_kernels is imported).
-_COMPILED = {dev: _ops.has_kernel("relu_backward", key) for dev, key in _COMPILED_KEY.items()}
-_TRITON_STATUS = {dev: triton_kernels.triton_status(dev) for dev in ("cpu", "cuda")}
-if hasattr(torch.ops.sugar, "triton_relu_backward"):  # registered when triton is importable
-    _ops.register_autograd_for("triton_")
 inductor.install()  # Inductor decomposes sugar ops per the compile mode (default "auto")
 
 
@@ -38,15 +30,7 @@ def available_backends(device="cpu") -> list[str]:
     built, else Triton where it can run (CUDA, or CPU under ``TRITON_INTERPRET=1``), else the
     pure-PyTorch reference. The list shows what a fallback would be: nothing falls back silently.
     """
-    dev = _device_type(device)
-    names = []
-    if _COMPILED.get(dev, False):
-        if dev == "cpu" or torch.cuda.is_available():
-            names.append(dev)
-    if _TRITON_STATUS.get(dev, (False, ""))[0]:
-        names.append("triton")
-    names.append("reference")
-    return names
+    return available(_device_type(device))
 
 
 def _check_input(x: torch.Tensor) -> None:
@@ -58,30 +42,27 @@ def _check_input(x: torch.Tensor) -> None:
         )
 
 
-def _resolve_backend_uncached(backend: str, dev: str) -> str:
+def _resolve_backend_uncached(backend: str, dev: str) -> Backend:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return available_backends(dev)[0]
-    if backend == "triton":
-        ok, why = _TRITON_STATUS.get(dev, (False, f"Triton does not run tensors on '{dev}'"))
-        if not ok:
-            raise RuntimeError(f"backend 'triton' is not available for '{dev}' tensors: {why}")
-        return backend
-    if backend in _COMPILED_KEY and backend != dev:
+        return REGISTRY[available(dev)[0]]
+    entry = REGISTRY[backend]
+    if entry.compiled and backend != dev:
         raise ValueError(f"backend {backend!r} cannot run a tensor on device '{dev}'")
-    if backend not in available_backends(dev):
-        why = _ops.EXTENSION_ERROR or f"the {backend} kernels were not compiled into this build"
-        raise RuntimeError(f"backend {backend!r} is not available: {why}")
-    return backend
+    reasons = entry.not_supported_reasons(dev)
+    if reasons:
+        why = "; ".join(reasons)
+        raise RuntimeError(f"backend {backend!r} is not available for '{dev}' tensors: {why}")
+    return entry
 
 
-# (backend, device type) -> the backend that runs it; only successes are kept, and only in eager
-# mode (under Dynamo a global dict read would add guards on its contents).
-_RESOLVED: dict[tuple[str, str], str] = {}
+# (backend, device type) -> the registry entry that runs it; only successes are kept, and only in
+# eager mode (under Dynamo a global dict read would add guards on its contents).
+_RESOLVED: dict[tuple[str, str], Backend] = {}
 
 
-def _resolve_backend(backend: str, dev: str) -> str:
+def _resolve_backend(backend: str, dev: str) -> Backend:
     if torch.compiler.is_compiling():
         return _resolve_backend_uncached(backend, dev)
     resolved = _RESOLVED.get((backend, dev))
@@ -135,7 +116,7 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     # without torch.ops' generic argument parsing); traced calls and __torch_function__ subclasses
     # or modes go through torch.ops.
     eager = not torch.compiler.is_compiling()
-    direct = backend in _COMPILED_KEY and eager and not has_torch_function_unary(x)
+    direct = backend.compiled and eager and not has_torch_function_unary(x)
     if eager and functorch.transformed(x):
         # torch.func (grad, vjp, jacrev, vmap): the same ops with functorch-aware autograd.
         if bits is None:
@@ -143,13 +124,9 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
         tables = kernel_tables(surrogate, table_alpha, region, bits, x.device, x.dtype)
         return functorch.sugar_relu_codes(x, tables, bits, inplace, backend)
     if bits is None:
-        if backend == "reference":
-            return ReferenceSugarReLU.apply(x, surrogate, alpha, region)
-        if backend == "triton":
-            return triton_kernels.sugar_relu_triton(x, surrogate, alpha, region)
         if direct:
             return _ops._C.relu_forward(x, surrogate, alpha, region)
-        return torch.ops.sugar.relu_forward.default(x, surrogate, alpha, region)
+        return backend.forward(x, surrogate, alpha, region)
 
     tables = kernel_tables(surrogate, table_alpha, region, bits, x.device, x.dtype)
     # Under torch.compile an in-place call is traced as the functional op plus a copy into x,
@@ -158,27 +135,15 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     # DDP's bucketed graphs) AOTAutograd keeps that mutation hidden from autograd: the traced
     # backward would be the identity. Inductor still writes y into x's buffer, and the
     # partitioner saves the codes, not x or y. torch.export keeps the one in-place op.
-    copy_into_x = inplace and not eager and not inductor.is_exporting()
-    if backend in _COMPILED_KEY:
-        ops = _ops._C if direct else torch.ops.sugar  # the same names in both
-        if inplace and not copy_into_x:  # the op's autograd (C++) marks x modified
-            ops.relu_forward_codes_(x, *tables, bits)
-            return x
-        y = ops.relu_forward_codes(x, *tables, bits)[0]
-        return x.copy_(y) if inplace else y
-    if backend == "reference":
-        forward, forward_, backward = (
-            ReferenceCodes.apply,
-            _reference_forward_codes_,
-            reference_backward_codes,
-        )
-    else:
-        forward, forward_, backward = triton_kernels.code_ops()
-    if copy_into_x:
-        return x.copy_(forward(x, *tables, bits)[0])
-    if inplace:
-        return InplaceCodes.apply(x, *tables, bits, forward_, backward)[0]
-    return forward(x, *tables, bits)[0]
+    if inplace and not eager and not inductor.is_exporting():
+        return x.copy_(backend.forward_codes(x, *tables, bits)[0])
+    if not inplace:
+        forward = _ops._C.relu_forward_codes if direct else backend.forward_codes
+        return forward(x, *tables, bits)[0]
+    if backend.compiled:  # the op's autograd (C++) marks x modified
+        (_ops._C.relu_forward_codes_ if direct else backend.forward_codes_)(x, *tables, bits)
+        return x
+    return InplaceCodes.apply(x, *tables, bits, backend.forward_codes_, backend.backward_codes)[0]
 
 
 class SugarReLU(nn.Module):

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -165,10 +166,29 @@ def opmath(dtype: torch.dtype) -> torch.dtype:
 _TABLES: dict[tuple, tuple[torch.Tensor, ...] | torch.Tensor] = {}
 
 
+class CodeTables(NamedTuple):
+    """A code mode's tables, in the code ops' argument order: ``op(x, *tables, bits)``."""
+
+    levels: torch.Tensor  # gradient level of each code (opmath dtype)
+    thresholds: torch.Tensor  # sorted interval boundaries (opmath dtype)
+    interval_codes: torch.Tensor  # code of each interval (uint8)
+    search: torch.Tensor  # int32 [scan, start_0, ..., start_{B-1}]: see search_table
+
+    @property
+    def scan(self) -> torch.Tensor:
+        """How many thresholds a lookup compares after its bucket's start (0-d int32)."""
+        return self.search[0]
+
+    @property
+    def bucket_starts(self) -> torch.Tensor:
+        """First candidate threshold of each of the SEARCH_BUCKETS buckets (int32)."""
+        return self.search[1:]
+
+
 def kernel_tables(
     surrogate: str, alpha: float, region: str, bits: int, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(levels, thresholds, interval_codes, search) as the code ops take them, on ``device``.
+) -> CodeTables:
+    """The ``CodeTables`` of a configuration as the code ops take them, on ``device``.
 
     Cached per configuration, each configuration in its own attribute of ``_SLOTS``. Under
     torch.compile/export, ``_table_slot`` runs once at trace time (building the tables if needed)
@@ -191,7 +211,7 @@ def _table_slot(surrogate, alpha, region, bits, device, dtype) -> str:
     key = (surrogate, alpha, region, bits, device, dtype)
     if key not in _SLOT_NAMES:
         name = f"config_{len(_SLOT_NAMES)}"
-        setattr(_SLOTS, name, (*tables(*key), search_table(*key)))
+        setattr(_SLOTS, name, CodeTables(*tables(*key), search_table(*key)))
         _SLOT_NAMES[key] = name
     return _SLOT_NAMES[key]
 

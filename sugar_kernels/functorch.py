@@ -11,7 +11,7 @@ inside one); plain ``torch.autograd.grad(create_graph=True)`` keeps working. For
 elementwise, so one call covers a whole batch; in code modes only when a sample's packed codes
 end on a byte (always at bits=8), else one call per sample (as for jacrev's shared codes).
 Every backend (compiled, Triton, reference) comes here inside a transform; plain eager and
-compiled calls keep their own autograd.
+compiled calls keep their own autograd, which for the reference backend is these Functions.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 
 from ._ops import double_backward
-from .codes import encode_reference
-from .reference import reference_backward, reference_backward_codes
 
 
 def transformed(x: torch.Tensor) -> bool:
@@ -167,32 +165,13 @@ class _ForwardCodes(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None, None
 
 
-def _reference_forward(x, surrogate, alpha, region):
-    return torch.relu(x)
-
-
-def _reference_forward_codes(x, levels, thresholds, interval_codes, search, bits):
-    return torch.relu(x), encode_reference(x, thresholds, interval_codes, bits)
-
-
-def _ops_for(backend: str):
-    """(forward, backward, code forward, code backward) of a backend, as the ops' signatures."""
-    if backend == "reference":
-        return (_reference_forward, reference_backward, _reference_forward_codes,
-                reference_backward_codes)  # fmt: skip
-    prefix = "triton_" if backend == "triton" else ""
-    names = ("relu_forward", "relu_backward", "relu_forward_codes", "relu_backward_codes")
-    return tuple(getattr(torch.ops.sugar, prefix + name) for name in names)
-
-
 def sugar_relu(x, surrogate, alpha, region, backend):
-    """Exact mode inside a transform, through ``backend``'s ops."""
-    forward_op, backward_op, _, _ = _ops_for(backend)
-    return _Forward.apply(x, surrogate, alpha, region, forward_op, backward_op)
+    """Exact mode through ``backend``'s ops (a ``backends.Backend``) with this module's autograd."""
+    return _Forward.apply(x, surrogate, alpha, region, backend.plain_forward, backend.backward)
 
 
 def sugar_relu_codes(x, tables, bits, inplace, backend):
     """A code mode; in place as the functional op plus ``x.copy_``, as under torch.compile."""
-    _, _, forward_op, backward_op = _ops_for(backend)
+    forward_op, backward_op = backend.plain_forward_codes, backend.backward_codes
     y = _ForwardCodes.apply(x, *tables, bits, forward_op, backward_op)[0]
     return x.copy_(y) if inplace else y

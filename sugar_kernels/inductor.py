@@ -141,8 +141,10 @@ _DECOMPOSITIONS = {
 def _ops_and_decompositions():
     """(OpOverload, decomposition, may decline) for the C++ ops and, when registered, the Triton
     ones."""
+    from .backends import op_prefixes
+
     for name, fn in _DECOMPOSITIONS.items():
-        for prefix in ("", "triton_"):
+        for prefix in op_prefixes():
             packet = getattr(torch.ops.sugar, prefix + name, None)
             if packet is not None:
                 yield packet.default, fn, name in _MAY_DECLINE

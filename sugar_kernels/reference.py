@@ -1,10 +1,14 @@
-"""Pure-PyTorch SUGAR: the paper's formula (the oracle) and the "reference" backend."""
+"""Pure-PyTorch SUGAR: the paper's formula (the oracle) and the "reference" backend's ops.
+
+Their autograd is the torch.func path's (``functorch.py``): one Python backward rule.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from .codes import decode_reference, encode_reference
+from .functorch import _Forward, _ForwardCodes
 from .surrogates import SURROGATES, grad_factor, surrogate_function
 
 
@@ -34,46 +38,9 @@ def reference_backward(
     return (grad_y.to(torch.float64) * g).to(x.dtype)
 
 
-class _ReferenceBackward(torch.autograd.Function):
-    """reference_backward as a differentiable function (double backward with the exact g')."""
-
-    @staticmethod
-    def forward(grad_y, x, surrogate, alpha, region):
-        return reference_backward(grad_y, x, surrogate, alpha, region)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        grad_y, x, *ctx.args = inputs
-        ctx.save_for_backward(grad_y, x)
-
-    @staticmethod
-    def backward(ctx, grad_grad_x):
-        from ._ops import double_backward
-
-        grad_y, x = ctx.saved_tensors
-        grads = double_backward(
-            _ReferenceBackward.apply, grad_y, x, grad_grad_x, *ctx.args, ctx.needs_input_grad
-        )
-        return *grads, None, None, None
-
-
-class ReferenceSugarReLU(torch.autograd.Function):
-    """The "reference" backend: torch.relu forward, closed-form float64 surrogate backward."""
-
-    @staticmethod
-    def forward(x, surrogate, alpha, region):
-        return torch.relu(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, ctx.surrogate, ctx.alpha, ctx.region = inputs
-        ctx.save_for_backward(x)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        (x,) = ctx.saved_tensors
-        grad_x = _ReferenceBackward.apply(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region)
-        return grad_x, None, None, None
+def relu_forward(x, surrogate, alpha, region):
+    """The reference forward op: torch.relu (the arguments are the op schema's)."""
+    return torch.relu(x)
 
 
 # ---- code modes -------------------------------------------------------------------------------
@@ -91,20 +58,23 @@ def reference_backward_codes(grad_y, codes, levels, bits):
     return decode_reference(grad_y, codes, levels, bits)
 
 
-class ReferenceCodes(torch.autograd.Function):
-    """The "reference" backend in a code mode: torch.relu forward, codes from encode_reference."""
+def relu_forward_codes(x, levels, thresholds, interval_codes, search, bits):
+    return torch.relu(x), encode_reference(x, thresholds, interval_codes, bits)
 
-    @staticmethod
-    def forward(x, levels, thresholds, interval_codes, search, bits):
-        return torch.relu(x), encode_reference(x, thresholds, interval_codes, bits)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, levels, _, _, _, ctx.bits = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1], levels)
+class ReferenceSugarReLU(_Forward):
+    """The "reference" backend in exact mode (named so that its grad_fn says so)."""
 
-    @staticmethod
-    def backward(ctx, grad_y, _grad_codes):
-        codes, levels = ctx.saved_tensors
-        return decode_reference(grad_y, codes, levels, ctx.bits), None, None, None, None, None
+
+class ReferenceCodes(_ForwardCodes):
+    """The "reference" backend in a code mode."""
+
+
+def sugar_relu(x, surrogate, alpha, region):
+    return ReferenceSugarReLU.apply(x, surrogate, alpha, region, relu_forward, reference_backward)
+
+
+def sugar_relu_codes(x, levels, thresholds, interval_codes, search, bits):
+    """``(relu(x), codes)``, differentiable (the signature of the code forward op)."""
+    tables = (levels, thresholds, interval_codes, search)
+    return ReferenceCodes.apply(x, *tables, bits, relu_forward_codes, reference_backward_codes)
