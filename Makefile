@@ -14,7 +14,8 @@ EXT_SOURCES := $(filter-out $(GENERATED),$(wildcard csrc/*.h csrc/*.cpp csrc/*.c
 # The GPU machines' image: Python 3.12, torch 2.11.0, triton 3.6.0 (requirements-torch2.11.txt).
 # `make test-torch2.11` builds (CUDA for sm_90, as there) and runs the CPU suite with them.
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 \
-	/usr/local/bin/python3.12 /usr/bin/python3.12; do "$$p" -c "" 2>/dev/null && echo "$$p" && break; done)
+	/root/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; \
+	do "$$p" -c "" 2>/dev/null && echo "$$p" && break; done)
 VENV211 := .venv-torch211
 VPY211 := $(VENV211)/bin/python
 DEPS211_STAMP := $(VENV211)/.deps-stamp
