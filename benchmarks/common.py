@@ -443,7 +443,7 @@ def header(module: str, argv, env: dict[str, str], others: float | None) -> list
 
 def code_args(surrogate: str, bits: int, device, dtype, alpha=None, region="all") -> tuple:
     """The table arguments of the code ops (``torch.ops.sugar.relu_*codes*``) after ``x``."""
-    from sugar_kernels import codes
+    from sugar_kernels import code_tables as codes
 
     key = (surrogate, alpha, region, bits, torch.device(device), dtype)
     return (*codes.tables(*key), codes.search_table(*key), bits)

@@ -18,7 +18,7 @@ import math
 import torch
 
 import sugar_kernels as sk
-from sugar_kernels import codes
+from sugar_kernels import code_tables as codes
 from sugar_kernels.surrogates import resolve
 
 from .common import code_args, parser

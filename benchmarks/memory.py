@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import sugar_kernels as sk
-from sugar_kernels.codes import quantizer
+from sugar_kernels.code_tables import quantizer
 
 from .common import (
     TARGETS,

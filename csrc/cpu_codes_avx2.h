@@ -2,7 +2,7 @@
 // opmath (float, half, bfloat16) runs 16 elements (two 8-lane vectors) per step; float64, tails
 // shorter than a step and builds without AVX2 use the scalar encode_byte / decode_byte of
 // sugar_math.h. Handles every call (the AVX-512 build falls back to it). Codes are exactly
-// codes.py's: interval_codes[#{t : t < x}] with the comparison in float, NaN in interval 0,
+// code_tables.py's: interval_codes[#{t : t < x}] with the comparison in float, NaN in interval 0,
 // 8 / bits codes per byte from the low bits up.
 #pragma once
 

@@ -202,7 +202,7 @@ SUGAR_HD uint32_t block_code_of(T x, const BlockCodeTable<T>& table) {
 // ---- Code modes: chunks of kCodeChunk elements, whose codes are exactly `bits` bytes -------
 // kCodeChunk = 8 elements: 32 bytes of float (two 128-bit loads), 16 of half/bfloat16 (one), 64 of
 // double (four); their codes are one 1/2/4/8-byte word, element j in bits [j * bits, (j+1) * bits)
-// of the little-endian word, which is the byte layout of sugar_kernels/codes.py pack().
+// of the little-endian word, which is the byte layout of sugar_kernels/code_tables.py pack().
 constexpr int kCodeChunk = 8;
 
 template <int kBits>

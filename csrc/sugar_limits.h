@@ -4,7 +4,7 @@
 
 namespace sugar {
 
-constexpr int kMaxIntervals = 1024;  // capacity of the threshold table (codes.py MAX_INTERVALS)
+constexpr int kMaxIntervals = 1024;  // capacity of the threshold table (code_tables.py MAX_INTERVALS)
 // The padded table holds the thresholds plus `scan` (<= their count) +inf entries.
 constexpr int kMaxPadded = 2 * kMaxIntervals;
 

@@ -145,17 +145,17 @@ SUGAR_HD T relu(T x) {
   return x < T(0) ? T(0) : x;
 }
 
-// ---- Code modes (bits = 8/4/2/1): see sugar_kernels/codes.py for how the tables are built. ----
+// ---- Code modes (bits = 8/4/2/1): see sugar_kernels/code_tables.py for how the tables are built. ----
 // The x axis is cut at sorted `thresholds` into intervals; each interval has a code (the index of
 // the gradient level nearest to g(x) there). Codes are packed 8/bits per byte, element i of the
 // logical tensor in bits [(i % per) * bits, ...) of byte i / per.
-constexpr int kSearchBuckets = 4096;  // sugar_kernels/codes.py SEARCH_BUCKETS
+constexpr int kSearchBuckets = 4096;  // sugar_kernels/code_tables.py SEARCH_BUCKETS
 
 template <typename T>
 struct CodeTable {
   const T* thresholds;            // sorted, followed by at least `scan` entries of +inf
   const uint8_t* interval_codes;  // one code per interval (#thresholds + 1)
-  const int32_t* bucket_start;    // kSearchBuckets entries (codes.py search_table)
+  const int32_t* bucket_start;    // kSearchBuckets entries (code_tables.py search_table)
   T lo, inv_width;                // bucket of x: (x - lo) * inv_width, clamped
   int scan;                       // comparisons after bucket_start, the same for every bucket
 };

@@ -9,7 +9,7 @@ from .api import (
     strip,
     sugar_relu,
 )
-from .codes import BITS, levels, quantizer
+from .code_tables import BITS, levels, quantizer
 from .export import export_onnx
 from .inductor import compile_mode, get_compile_mode, set_compile_mode
 from .reference import paper_formula

@@ -2,8 +2,8 @@
 
 The schemas are defined here, once; ``csrc/`` provides the CPU and CUDA implementations and the
 ops' autograd (``csrc/autograd.cpp``: in C++, because a Python autograd kernel costs more per
-call than a small ReLU). The Triton ops get the same formulas from ``register_autograd_for``
-below. If the extension is missing, the ops still exist (with fake kernels) but have no
+call than a small ReLU). The Triton ops get the Python formulas of ``python_autograd.py``.
+If the extension is missing, the ops still exist (with fake kernels) but have no
 CPU/CUDA kernel, and ``build_info()`` says why.
 """
 
@@ -17,7 +17,7 @@ SCHEMAS = {
     "relu_backward": (
         "(Tensor grad_y, Tensor x, str surrogate, float alpha, str region) -> Tensor"
     ),
-    # Code modes (sugar_kernels/codes.py): levels/thresholds in the opmath dtype on x's device.
+    # Code modes (sugar_kernels/code_tables.py): levels/thresholds in x's opmath dtype and device.
     "relu_forward_codes": (
         "(Tensor x, Tensor levels, Tensor thresholds, Tensor interval_codes, Tensor search,"
         " int bits) -> (Tensor, Tensor)"
@@ -124,99 +124,6 @@ def _grad_factor_derivative(x, surrogate, alpha, region):
 
 # Composite: autograd, tracing and every device go through the stock ops it is made of.
 _lib.impl("grad_factor_derivative", _grad_factor_derivative, "CompositeImplicitAutograd")
-
-
-def double_backward(backward_op, grad_y, x, grad_grad_x, surrogate, alpha, region, needs):
-    """Gradients of ``backward_op(grad_y, x, ...) = grad_y * g(x)`` w.r.t. (grad_y, x)."""
-    grad_grad_y = grad_x = None
-    if needs[0]:
-        grad_grad_y = backward_op(grad_grad_x, x, surrogate, alpha, region)
-    if needs[1]:
-        d2 = _grad_factor_derivative(x, surrogate, alpha, region)
-        grad_x = (grad_grad_x.to(d2.dtype) * grad_y.to(d2.dtype) * d2).to(x.dtype)
-    return grad_grad_y, grad_x
-
-
-def _backward_setup_context(ctx, inputs, output):
-    grad_y, x, ctx.surrogate, ctx.alpha, ctx.region = inputs
-    ctx.save_for_backward(grad_y, x)
-
-
-def register_autograd_for(prefix: str) -> None:
-    """Registers autograd, once, for one family of ops: ``sugar::{prefix}relu_forward``,
-    ``relu_backward``, ``relu_forward_codes`` and ``relu_backward_codes`` ("triton_" for the
-    Triton ones; the C++/CUDA ops have the same formulas in csrc/autograd.cpp). Only the
-    backward op the formulas call differs between backends."""
-    ops = torch.ops.sugar
-    backward_op = getattr(ops, f"{prefix}relu_backward")
-    backward_codes_op = getattr(ops, f"{prefix}relu_backward_codes")
-
-    def forward_setup(ctx, inputs, output):
-        x, ctx.surrogate, ctx.alpha, ctx.region = inputs
-        ctx.save_for_backward(x)
-
-    def forward_backward(ctx, grad_y):
-        (x,) = ctx.saved_tensors
-        return backward_op(grad_y, x, ctx.surrogate, ctx.alpha, ctx.region), None, None, None
-
-    def backward_backward(ctx, grad_grad_x):
-        grad_y, x = ctx.saved_tensors
-        args = (ctx.surrogate, ctx.alpha, ctx.region, ctx.needs_input_grad)
-        return *double_backward(backward_op, grad_y, x, grad_grad_x, *args), None, None, None
-
-    def codes_setup(ctx, inputs, output):
-        _, levels, _, _, _, ctx.bits = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1], levels)
-
-    def codes_backward(ctx, grad_y, _grad_codes):
-        codes, levels = ctx.saved_tensors
-        return backward_codes_op(grad_y, codes, levels, ctx.bits), None, None, None, None, None
-
-    # grad_x = grad_y * levels[code] is linear in grad_y; codes are piecewise constant in x.
-    def backward_codes_setup(ctx, inputs, output):
-        _, codes, levels, ctx.bits = inputs
-        ctx.save_for_backward(codes, levels)
-
-    def backward_codes_backward(ctx, grad_grad_x):
-        codes, levels = ctx.saved_tensors
-        grad_grad_y = None
-        if ctx.needs_input_grad[0]:
-            grad_grad_y = backward_codes_op(grad_grad_x, codes, levels, ctx.bits)
-        return grad_grad_y, None, None, None
-
-    for name, backward, setup in (
-        ("relu_forward", forward_backward, forward_setup),
-        ("relu_backward", backward_backward, _backward_setup_context),
-        ("relu_forward_codes", codes_backward, codes_setup),
-        ("relu_backward_codes", backward_codes_backward, backward_codes_setup),
-    ):
-        torch.library.register_autograd(f"{LIBRARY}::{prefix}{name}", backward, setup_context=setup)
-
-
-class InplaceCodes(torch.autograd.Function):
-    """In-place code mode: relu(x) written over x (mark_dirty), packed codes saved for backward.
-
-    ``forward_op`` is the mutating op of the backend (C++ or Triton), ``backward_op`` its
-    backward; the autograd engine then raises PyTorch's usual error for a leaf requiring grad.
-    ``apply`` returns the 1-tuple ``(x,)``: the codes stay internal (saved on ``ctx``), because
-    autograd allows a Function that modifies a *view* in place to return only one tensor, and
-    ``nn.ReLU(inplace=True)`` works on views (slices, chunks, ``view``/``flatten`` results).
-    """
-
-    @staticmethod
-    def forward(ctx, x, levels, thresholds, interval_codes, search, bits, forward_op, backward_op):
-        codes = forward_op(x, levels, thresholds, interval_codes, search, bits)
-        ctx.bits, ctx.backward_op = bits, backward_op
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(codes, levels)
-        return (x,)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        codes, levels = ctx.saved_tensors
-        grad_x = ctx.backward_op(grad_y, codes, levels, ctx.bits)
-        return grad_x, None, None, None, None, None, None, None
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:

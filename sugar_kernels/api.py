@@ -6,10 +6,10 @@ import torch
 from torch import nn
 from torch.overrides import has_torch_function_unary
 
-from . import _ops, distributed, functorch, inductor
-from ._ops import InplaceCodes
+from . import _ops, distributed, inductor, python_autograd
 from .backends import REGISTRY, Backend, available
-from .codes import check_bits, kernel_tables
+from .code_tables import check_bits, kernel_tables
+from .python_autograd import InplaceCodes
 from .surrogates import resolve
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
@@ -117,12 +117,12 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     # or modes go through torch.ops.
     eager = not torch.compiler.is_compiling()
     direct = backend.compiled and eager and not has_torch_function_unary(x)
-    if eager and functorch.transformed(x):
+    if eager and python_autograd.transformed(x):
         # torch.func (grad, vjp, jacrev, vmap): the same ops with functorch-aware autograd.
         if bits is None:
-            return functorch.sugar_relu(x, surrogate, alpha, region, backend)
+            return python_autograd.sugar_relu(x, surrogate, alpha, region, backend)
         tables = kernel_tables(surrogate, table_alpha, region, bits, x.device, x.dtype)
-        return functorch.sugar_relu_codes(x, tables, bits, inplace, backend)
+        return python_autograd.sugar_relu_codes(x, tables, bits, inplace, backend)
     if bits is None:
         if direct:
             return _ops._C.relu_forward(x, surrogate, alpha, region)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _ops, reference, triton_kernels
+from . import _ops, python_autograd, reference, triton_kernels
 
 
 class Backend(NamedTuple):
@@ -104,10 +104,10 @@ REGISTRY: dict[str, Backend] = {
 }
 # The order in which backend="auto" prefers them.
 PREFERENCE = ("cpu", "cuda", "triton", "reference")
-# Op families with Python-registered autograd (the C++ ops have theirs in csrc/autograd.cpp).
+# Op families whose autograd is the Python rule (the C++ ops have theirs in csrc/autograd.cpp).
 for _backend in REGISTRY.values():
     if _backend.op_prefix and not _backend.compiled:
-        _ops.register_autograd_for(_backend.op_prefix)
+        python_autograd.register_autograd(_backend.op_prefix)
 
 
 def op_prefixes() -> list[str]:

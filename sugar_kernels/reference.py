@@ -1,14 +1,14 @@
 """Pure-PyTorch SUGAR: the paper's formula (the oracle) and the "reference" backend's ops.
 
-Their autograd is the torch.func path's (``functorch.py``): one Python backward rule.
+Their autograd is the torch.func path's (``python_autograd.py``): one Python backward rule.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .codes import decode_reference, encode_reference
-from .functorch import _Forward, _ForwardCodes
+from .code_tables import decode_reference, encode_reference
+from .python_autograd import _Forward, _ForwardCodes
 from .surrogates import SURROGATES, grad_factor, surrogate_function
 
 
@@ -74,7 +74,7 @@ def sugar_relu(x, surrogate, alpha, region):
     return ReferenceSugarReLU.apply(x, surrogate, alpha, region, relu_forward, reference_backward)
 
 
-def sugar_relu_codes(x, levels, thresholds, interval_codes, search, bits):
-    """``(relu(x), codes)``, differentiable (the signature of the code forward op)."""
-    tables = (levels, thresholds, interval_codes, search)
-    return ReferenceCodes.apply(x, *tables, bits, relu_forward_codes, reference_backward_codes)
+def sugar_relu_codes(x, *tables_and_bits):
+    """``(relu(x), codes)``, differentiable (the arguments of the code forward op)."""
+    forward, backward = relu_forward_codes, reference_backward_codes
+    return ReferenceCodes.apply(x, *tables_and_bits, forward, backward)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import sugar_kernels as sk  # noqa: F401
-from sugar_kernels import codes
+from sugar_kernels import code_tables as codes
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "csrc" / "_surrogates.h"  # from the surrogate catalogue

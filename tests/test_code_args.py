@@ -18,7 +18,7 @@ import torch
 from helpers import DEVICES
 
 import sugar_kernels as sk  # noqa: F401  (registers the ops)
-from sugar_kernels import codes
+from sugar_kernels import code_tables as codes
 
 FORWARD_OPS = ["relu_forward_codes", "relu_forward_codes_"]
 
@@ -185,7 +185,7 @@ def test_issue_crash_case_in_subprocess():
     """The issue's reproducer (search[0] = 100000) killed the process with SIGSEGV."""
     code = """
 import torch, sugar_kernels
-from sugar_kernels import codes
+from sugar_kernels import code_tables as codes
 dev = torch.device("cpu")
 levels, thresholds, interval_codes = codes.tables("bsilu", 1.67, "all", 8, dev, torch.float32)
 search = codes.search_table("bsilu", 1.67, "all", 8, dev, torch.float32).clone()

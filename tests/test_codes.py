@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sugar_kernels as sk
-from sugar_kernels import codes as C
+from sugar_kernels import code_tables as C
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 CONFIGS = [

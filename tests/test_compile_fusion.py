@@ -24,7 +24,7 @@ from torch._inductor.utils import run_and_get_code
 
 import sugar_kernels as sk
 from sugar_kernels import inductor
-from sugar_kernels.codes import kernel_tables
+from sugar_kernels.code_tables import kernel_tables
 
 pytestmark = pytest.mark.skipif(
     not sk.build_info()["cpu_compiled"],

@@ -1,4 +1,4 @@
-"""The CPU kernels' fast paths for code modes, each against the reference (codes.py).
+"""The CPU kernels' fast paths for code modes, each against the reference (code_tables.py).
 
 The forward picks one of three code searches by table size: in-register groups (<= 64
 thresholds), a cell grid (larger tables; built once per table content and cached), the bucket
@@ -6,7 +6,7 @@ search (tables no grid of <= 65536 cells separates); 16-element SIMD steps are f
 scalar tail. Where torch runs AVX-512, the AVX-512 build runs 32-element chunks: one threshold
 (every bits=1 table) by a compare, small tables (< 8 / 32 / 32 thresholds at bits 2 / 4 / 8) by a
 register binary search, larger ones through the same cell grid with 8-lane gathers. Every
-path must give exactly codes.py's codes, and y bit-identical to torch.relu; the AVX2 paths are
+path must give exactly code_tables.py's codes, and y bit-identical to torch.relu; the AVX2 paths are
 checked against the dispatched ones in a subprocess with ATEN_CPU_CAPABILITY=avx2.
 """
 
@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import sugar_kernels as sk
-from sugar_kernels import codes as C
+from sugar_kernels import code_tables as C
 
 pytestmark = pytest.mark.skipif(not sk.build_info()["cpu_compiled"], reason="no CPU kernels")
 
@@ -89,7 +89,7 @@ def test_every_tail_length_float32(n):
 
 
 def _search_for(thresholds: torch.Tensor) -> torch.Tensor:
-    """codes.py's search table for arbitrary sorted float32 thresholds (same construction)."""
+    """code_tables.py's search table for arbitrary sorted float32 thresholds (same construction)."""
     t = thresholds.double().numpy()
     b = C.SEARCH_BUCKETS
     width = (t[-1] - t[0]) / b
@@ -262,7 +262,7 @@ def test_avx512_instructions_only_in_the_avx512_build():
 def test_codes_at_every_threshold_and_its_neighbours(name, region, dtype):
     # The comparisons decide codes only next to a threshold: every threshold of every table
     # (one threshold, register search, cell grid), 1 and 2 ulps either side, and the special
-    # values, shuffled, in a ragged length; forward and in place against codes.py, every bits.
+    # values, shuffled, in a ragged length; forward and in place against code_tables.py, every bits.
     for bits in C.BITS:
         levels, thresholds, interval_codes = C.tables(name, None, region, bits, "cpu", dtype)
         search = C.search_table(name, None, region, bits, "cpu", dtype)

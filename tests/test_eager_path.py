@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import sugar_kernels as sk
 from sugar_kernels import _ops
-from sugar_kernels.codes import kernel_tables
+from sugar_kernels.code_tables import kernel_tables
 
 CPU_COMPILED = sk.build_info()["cpu_compiled"]
 pytestmark = pytest.mark.skipif(not CPU_COMPILED, reason="CPU kernel not compiled")

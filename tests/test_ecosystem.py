@@ -24,7 +24,7 @@ from helpers import assert_bitwise_equal, assert_grad_close, oracle_grad, sample
 from torch import nn
 
 import sugar_kernels as sk
-from sugar_kernels import codes as C
+from sugar_kernels import code_tables as C
 
 CPU_BACKENDS = sk.available_backends("cpu")
 CUDA_BACKENDS = [b for b in sk.available_backends("cuda") if b != "reference"]
@@ -214,7 +214,7 @@ def test_torch_export_does_not_poison_table_cache(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.func: grad / vjp / jacrev / vmap (per-sample gradients) through sugar_kernels.functorch
+# torch.func: grad / vjp / jacrev / vmap (per-sample gradients), sugar_kernels/python_autograd.py
 # ---------------------------------------------------------------------------------------------
 def _func_case(backend, mode, seed=11, device="cpu"):
     kwargs = dict(MODES[mode], backend=backend)

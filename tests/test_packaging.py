@@ -61,7 +61,7 @@ def test_distribution_installs_only_sugar_kernels_at_top_level():
     triton = {
         mod: path for pkg, mod, path in files["modules"] if pkg == "sugar_kernels.triton_kernels"
     }
-    assert {"__init__", "exact", "codes"} <= set(triton)
+    assert {"__init__", "exact", "code_modes"} <= set(triton)
     assert all(Path(p).parts[0] == "triton_kernels" for p in triton.values()), triton
     assert files["extensions"] == ["sugar_kernels._C"]
 

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sugar_kernels as sk
-from sugar_kernels import codes as C
+from sugar_kernels import code_tables as C
 from sugar_kernels.surrogates import resolve
 
 # The Triton interpreter is too slow for hundreds of examples; it has its own tests.

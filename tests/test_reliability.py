@@ -16,7 +16,7 @@ import torch
 from helpers import LARGE_SIZE, assert_bitwise_equal, assert_grad_close, oracle_grad
 
 import sugar_kernels as sk
-from sugar_kernels import codes as C
+from sugar_kernels import code_tables as C
 
 CPU_BACKENDS = sk.available_backends("cpu")
 CUDA_BACKENDS = [b for b in sk.available_backends("cuda") if b != "reference"]

@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - another triton
         f"triton {triton.__version__}: compiler API differs ({exc})", allow_module_level=True
     )
 
-from sugar_kernels.triton_kernels import codes as C  # noqa: E402
+from sugar_kernels.triton_kernels import code_modes as C  # noqa: E402
 from sugar_kernels.triton_kernels import exact as S  # noqa: E402
 
 ARCHS = (80, 90)

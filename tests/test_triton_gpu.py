@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import sugar_kernels as sk
-from sugar_kernels import codes as C
+from sugar_kernels import code_tables as C
 from sugar_kernels import triton_kernels
 from sugar_kernels.surrogates import resolve
 from tests.helpers import (
@@ -208,7 +208,11 @@ def test_compile_fullgraph(shape, layout):
 
 
 # ---- code modes (bits = 8/4/2/1) ---------------------------------------------------------------
-CODE_FORWARD, CODE_FORWARD_, CODE_BACKWARD = triton_kernels.code_ops()
+CODE_FORWARD, CODE_FORWARD_, CODE_BACKWARD = (
+    torch.ops.sugar.triton_relu_forward_codes,
+    torch.ops.sugar.triton_relu_forward_codes_,
+    torch.ops.sugar.triton_relu_backward_codes,
+)
 # A smooth g in both regions, the longest search scan (nelu negative), a one-threshold table.
 CODE_CONFIGS = [("bsilu", "all"), ("gelu", "negative"), ("nelu", "negative"), ("leaky_relu", "all")]
 

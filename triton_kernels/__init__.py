@@ -4,7 +4,7 @@ Importing this package registers ``sugar::triton_relu_forward`` and ``sugar::tri
 and the code-mode ops ``sugar::triton_relu_forward_codes``, ``sugar::triton_relu_forward_codes_``
 and ``sugar::triton_relu_backward_codes`` (through ``torch.library.triton_op``) when Triton is
 importable. It never fails when Triton is missing: ``triton_status(device_type)`` then says so,
-and ``sugar_relu_triton`` / ``code_ops`` raise.
+and ``sugar_relu_triton`` raises.
 
 ``TRITON_INTERPRET=1`` must be set before this package is imported for the kernels to run on CPU
 tensors (Triton decides at decoration time whether a kernel is compiled or interpreted).
@@ -15,15 +15,15 @@ from __future__ import annotations
 import torch
 
 try:
-    from . import codes as _codes
+    from . import code_modes as _code_modes  # noqa: F401  (registers the code-mode ops)
     from . import exact as _impl
 
     IMPORT_ERROR: str | None = None
 except ImportError as exc:  # triton missing (or too old for this package)
-    _impl = _codes = None
+    _impl = _code_modes = None
     IMPORT_ERROR = f"triton is not importable ({exc})"
 
-__all__ = ["IMPORT_ERROR", "code_ops", "sugar_relu_triton", "triton_status"]
+__all__ = ["IMPORT_ERROR", "sugar_relu_triton", "triton_status"]
 
 
 def triton_status(device_type: str) -> tuple[bool, str]:
@@ -57,12 +57,3 @@ def sugar_relu_triton(x: torch.Tensor, surrogate: str, alpha: float, region: str
     if _impl is None:
         raise RuntimeError(f"backend 'triton' is not available: {IMPORT_ERROR}")
     return _impl.sugar_relu_triton(x, surrogate, alpha, region)
-
-
-def code_ops():
-    """The code-mode ops (bits=8/4/2/1) as ``(forward, forward_inplace, backward)``: the overload
-    packets ``torch.ops.sugar.triton_relu_forward_codes``, ``triton_relu_forward_codes_`` and
-    ``triton_relu_backward_codes``, with the arguments of the C++ ``sugar::relu_*codes*`` ops."""
-    if _codes is None:
-        raise RuntimeError(f"backend 'triton' is not available: {IMPORT_ERROR}")
-    return _codes.code_ops()

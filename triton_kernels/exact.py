@@ -1,6 +1,6 @@
 """SUGAR in Triton, exact mode (bits=None): ReLU forward and surrogate-gradient backward,
 registered with triton_op; also the surrogate math and the launch helpers the code-mode kernels
-(``codes.py``) share.
+(``code_modes.py``) share.
 
 The surrogate math lives in this module once: ``grad_factor``, one branch per surrogate, chosen
 by a compile-time surrogate id (the catalogue position, ``SURROGATE_IDS``) and region flag. The
@@ -14,8 +14,8 @@ flat storage like the C++ host code: dense inputs of any dim order (contiguous, 
 transposed) keep their layout, others are made contiguous first.
 
 The ops ``sugar::triton_relu_forward`` / ``sugar::triton_relu_backward`` have the same schemas as
-``sugar::relu_forward`` / ``sugar::relu_backward``; their autograd (the same formulas as the C++
-ops') is registered by ``sugar_kernels._ops.register_autograd_for("triton_")`` on import.
+``sugar::relu_forward`` / ``sugar::relu_backward``; their autograd (the formulas of the C++ ops) is
+registered by ``sugar_kernels.python_autograd.register_autograd("triton_")`` on import.
 
 Under ``TRITON_INTERPRET=1`` (CPU tensors, for CI without a GPU) the autotuner gets one config and
 erfc, which the interpreter does not provide, is computed from erf (see ``_erfc``); the
@@ -36,6 +36,7 @@ from torch.library import triton_op, wrap_triton
 from triton.language.extra import libdevice
 from triton.runtime.interpreter import InterpretedFunction
 
+from .._ops import SCHEMAS
 from ..surrogates import REGIONS, SURROGATES
 
 
@@ -458,17 +459,15 @@ def _check_tensor(t: torch.Tensor, op: str, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # The custom ops (same schemas as sugar::relu_forward / sugar::relu_backward)
 # ---------------------------------------------------------------------------------------------
-@triton_op("sugar::triton_relu_forward", mutates_args=())
-def triton_relu_forward(x: torch.Tensor, surrogate: str, alpha: float, region: str) -> torch.Tensor:
+@triton_op("sugar::triton_relu_forward", mutates_args=(), schema=SCHEMAS["relu_forward"])
+def triton_relu_forward(x, surrogate, alpha, region):
     _check_tensor(x, "sugar::triton_relu_forward", "x")
     _parse_params(surrogate, alpha, region)  # errors surface at forward time, as in csrc/
     return relu_forward(x)
 
 
-@triton_op("sugar::triton_relu_backward", mutates_args=())
-def triton_relu_backward(
-    grad_y: torch.Tensor, x: torch.Tensor, surrogate: str, alpha: float, region: str
-) -> torch.Tensor:
+@triton_op("sugar::triton_relu_backward", mutates_args=(), schema=SCHEMAS["relu_backward"])
+def triton_relu_backward(grad_y, x, surrogate, alpha, region):
     op = "sugar::triton_relu_backward"
     _check_tensor(x, op, "x")
     if grad_y.shape != x.shape:

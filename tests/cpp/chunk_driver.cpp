@@ -4,7 +4,7 @@
 // outside an array aborts). Chunks run in reverse order, so a chunk that wrote outside its own
 // elements or code bytes would leave a wrong value behind. Results are compared bit for bit with
 // a simple per-element reference (a linear count of thresholds below x, the packing order of
-// sugar_kernels/codes.py); the full-size outputs are also written for the test to compare with
+// sugar_kernels/code_tables.py); the full-size outputs are also written for the test to compare with
 // the Python reference.
 //
 //   chunk_driver DTYPE BITS DIR   reads DIR/{x,grad_y}.bin (DTYPE) and DIR/{thresholds,levels}.bin

@@ -23,9 +23,9 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     )
 
 import sugar_kernels as sk  # noqa: E402
-from sugar_kernels import codes as C  # noqa: E402
+from sugar_kernels import code_tables as C  # noqa: E402
 from sugar_kernels import triton_kernels  # noqa: E402
-from sugar_kernels._ops import InplaceCodes  # noqa: E402
+from sugar_kernels.python_autograd import InplaceCodes  # noqa: E402
 from tests.helpers import assert_bitwise_equal, sample_inputs, special_values  # noqa: E402
 
 if triton_kernels.IMPORT_ERROR is not None:
@@ -37,9 +37,13 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:(overflow|invalid value) encountered in multiply:RuntimeWarning"
 )
 
-from sugar_kernels.triton_kernels import codes as triton_codes  # noqa: E402
+from sugar_kernels.triton_kernels import code_modes as triton_codes  # noqa: E402
 
-FORWARD, FORWARD_, BACKWARD = triton_kernels.code_ops()
+FORWARD, FORWARD_, BACKWARD = (
+    torch.ops.sugar.triton_relu_forward_codes,
+    torch.ops.sugar.triton_relu_forward_codes_,
+    torch.ops.sugar.triton_relu_backward_codes,
+)
 CPP = sk.build_info()["cpu_compiled"]
 CPU = torch.device("cpu")
 # (surrogate, region): a smooth g in both regions, the table with the longest search scan
@@ -152,7 +156,7 @@ def test_autotuned_path(n, monkeypatch):
 
 
 def bucket_search_table(thresholds: torch.Tensor) -> torch.Tensor:
-    """The search table of sugar_kernels.codes.search_table for arbitrary sorted thresholds
+    """The search table of sugar_kernels.code_tables.search_table for arbitrary sorted thresholds
     (re-derived from its docstring: buckets over [t0, t_last], widened by one on each side)."""
     t = thresholds.double()
     b = C.SEARCH_BUCKETS
@@ -384,7 +388,7 @@ def test_opcheck(bits, name):
 
 @pytest.mark.parametrize("bits", [None, 8])
 def test_func_grad_and_per_sample_grads(bits):
-    """torch.func over the Triton ops (sugar_kernels/functorch.py): equal to eager autograd."""
+    """torch.func over the Triton ops (python_autograd.py): equal to eager autograd."""
     x = torch.randn(3, 40, generator=torch.Generator().manual_seed(5))
     weight = torch.randn(40, generator=torch.Generator().manual_seed(6))
 

@@ -1,12 +1,12 @@
 """SUGAR's code modes in Triton: ReLU forward writing packed gradient codes, and the backward
 that decodes them, registered with triton_op.
 
-The packed format and the table semantics are those of ``sugar_kernels/codes.py`` (its module
+The packed format and the table semantics are those of ``sugar_kernels/code_tables.py`` (its module
 docstring): ``code = interval_codes[#{t in thresholds : t < x}]``, compared in the opmath dtype
 (float32 for half/bfloat16/float32 inputs, float64 for float64), NaN in interval 0; ``8 // bits``
 codes per byte, element i of the logical (row-major) tensor in bits ``[(i % per) * bits, ...)`` of
 byte ``i // per``, the last byte zero-padded. The count is found as in ``csrc/sugar_math.h``
-(``interval_of``): the search table (``sugar_kernels.codes.search_table``: ``[scan, start_0, ...,
+(``interval_of``): the search table (``code_tables.search_table``: ``[scan, start_0, ...,
 start_{B-1}]``) gives the first candidate of x's bucket, then ``scan`` comparisons with the
 thresholds padded by +inf (here: comparisons past the last threshold are masked out, which also
 keeps inf out of the kernels' globals, where torch.compile's code generation cannot write it).
@@ -21,9 +21,8 @@ returns only the codes, and backward returns a contiguous grad.
 
 The ops ``sugar::triton_relu_forward_codes`` / ``sugar::triton_relu_forward_codes_`` /
 ``sugar::triton_relu_backward_codes`` take the arguments of ``sugar::relu_forward_codes`` /
-``sugar::relu_forward_codes_`` / ``sugar::relu_backward_codes`` (``bits`` is inferred as SymInt);
-autograd comes from ``sugar_kernels._ops.register_autograd_for("triton_")`` (shared with the C++
-ops); the in-place one goes through ``sugar_kernels._ops.InplaceCodes``.
+``sugar::relu_forward_codes_`` / ``sugar::relu_backward_codes`` (their schemas: ``_ops.SCHEMAS``);
+their autograd and the in-place mode's (``InplaceCodes``): ``sugar_kernels/python_autograd.py``.
 """
 
 import torch
@@ -31,6 +30,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from .._ops import SCHEMAS
 from .exact import (
     AUTOTUNE_MIN_ELEMENTS,
     Launch,
@@ -41,11 +41,11 @@ from .exact import (
 )
 
 BITS = (1, 2, 4, 8)
-# Table capacity, as csrc/sugar_limits.h kMaxIntervals (sugar_kernels.codes.MAX_INTERVALS). The
+# Table capacity, as csrc/sugar_limits.h kMaxIntervals (code_tables.MAX_INTERVALS). The
 # Triton kernels gather from global memory and need no fixed capacity; the limit keeps the ops'
 # argument checks identical to the C++ ones.
 MAX_INTERVALS = 1024
-SEARCH_BUCKETS = 4096  # csrc/sugar_math.h kSearchBuckets (sugar_kernels.codes.SEARCH_BUCKETS)
+SEARCH_BUCKETS = 4096  # csrc/sugar_math.h kSearchBuckets (sugar_kernels.code_tables.SEARCH_BUCKETS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def _interval_of(x, thresholds_ptr, search_ptr, n_thresholds, BUCKETS: tl.conste
     # last threshold, as inverse_width), the first candidate of that bucket from the search
     # table, then `scan` comparisons; entries past the last threshold never count (the +inf
     # padding of the C++ table). The count is exact whatever the rounding of the bucket
-    # (buckets are widened by one on each side, see sugar_kernels/codes.py search_table).
+    # (buckets are widened by one on each side, see sugar_kernels/code_tables.py search_table).
     # NaN and -inf land in bucket 0 and count 0.
     has = n_thresholds > 0
     lo = tl.load(thresholds_ptr, mask=has, other=0)
@@ -83,6 +83,18 @@ def _interval_of(x, thresholds_ptr, search_ptr, n_thresholds, BUCKETS: tl.conste
 # Bytes per element: reads x, writes y, writes bits/8 of a code byte (+ table gathers, cache
 # resident): 8.125..9 for float32, 4.125..5 for half/bfloat16, 16.125..17 for float64.
 @triton.jit
+def _packed_block(n_elements, BITS: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """This program's code bytes (64-bit indices), each byte's lanes, and the [bytes, lanes]
+    offsets of their elements with the mask of those that exist."""
+    PER: tl.constexpr = 8 // BITS
+    BLOCK_BYTES: tl.constexpr = BLOCK_SIZE // PER
+    byte = tl.program_id(0).to(tl.int64) * BLOCK_BYTES + tl.arange(0, BLOCK_BYTES)
+    lane = tl.arange(0, PER)
+    offsets = byte[:, None] * PER + lane[None, :]
+    return byte, lane, offsets, offsets < n_elements
+
+
+@triton.jit
 def relu_forward_codes_kernel(
     x_ptr,
     y_ptr,
@@ -97,12 +109,7 @@ def relu_forward_codes_kernel(
     BUCKETS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
-    PER: tl.constexpr = 8 // BITS
-    BLOCK_BYTES: tl.constexpr = BLOCK_SIZE // PER
-    byte = tl.program_id(0).to(tl.int64) * BLOCK_BYTES + tl.arange(0, BLOCK_BYTES)  # 64-bit
-    lane = tl.arange(0, PER)
-    offsets = byte[:, None] * PER + lane[None, :]  # [BLOCK_BYTES, PER]: the elements of a byte
-    mask = offsets < n_elements
+    byte, lane, offsets, mask = _packed_block(n_elements, BITS, BLOCK_SIZE)
     x = tl.load(x_ptr + offsets, mask=mask, other=0)
     # Compare in opmath, like the tables: float64 stays, half/bfloat16 widen exactly to float32.
     if x.dtype == tl.float64:
@@ -130,17 +137,11 @@ def relu_forward_codes_launch(
     bits: int,
 ) -> Launch:
     """y = relu(xc) and the codes of xc (contiguous; y may be xc: in place)."""
-    n = xc.numel()
-    n_bytes = codes.numel()
-    return Launch(
-        relu_forward_codes_kernel,
-        relu_forward_codes_autotuned[xc.dtype == torch.float64],
-        (xc, y, codes, thresholds, interval_codes, search, n, n_bytes, thresholds.numel()),
-        {"BITS": bits, "BUCKETS": SEARCH_BUCKETS},
-        n >= AUTOTUNE_MIN_ELEMENTS,
-        n_bytes,
-        8 // bits,
-    )
+    n, n_bytes = xc.numel(), codes.numel()
+    args = (xc, y, codes, thresholds, interval_codes, search, n, n_bytes, thresholds.numel())
+    flags = {"BITS": bits, "BUCKETS": SEARCH_BUCKETS}
+    kernels = relu_forward_codes_kernel, relu_forward_codes_autotuned
+    return _code_launch(*kernels, args, flags, n_bytes, bits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,12 +160,7 @@ def relu_backward_codes_kernel(
     BITS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
-    PER: tl.constexpr = 8 // BITS
-    BLOCK_BYTES: tl.constexpr = BLOCK_SIZE // PER
-    byte = tl.program_id(0).to(tl.int64) * BLOCK_BYTES + tl.arange(0, BLOCK_BYTES)  # 64-bit
-    lane = tl.arange(0, PER)
-    offsets = byte[:, None] * PER + lane[None, :]
-    mask = offsets < n_elements
+    byte, lane, offsets, mask = _packed_block(n_elements, BITS, BLOCK_SIZE)
     packed = tl.load(codes_ptr + byte, mask=byte < n_bytes, other=0).to(tl.int32)
     code = (packed[:, None] >> (lane * BITS)[None, :]) & ((1 << BITS) - 1)
     level = tl.load(levels_ptr + code)  # code < 2^bits = len(levels): always in bounds
@@ -180,16 +176,19 @@ def relu_backward_codes_launch(
     gc: torch.Tensor, codes: torch.Tensor, levels: torch.Tensor, grad_x: torch.Tensor, bits: int
 ) -> Launch:
     """grad_x = gc * levels[code] (gc and grad_x contiguous)."""
-    n = gc.numel()
-    n_bytes = codes.numel()
+    n, n_bytes = gc.numel(), codes.numel()
+    args = (gc, codes, levels, grad_x, n, n_bytes)
+    kernels = relu_backward_codes_kernel, relu_backward_codes_autotuned
+    return _code_launch(*kernels, args, {"BITS": bits}, n_bytes, bits)
+
+
+def _code_launch(kernel, autotuned, args: tuple, flags: dict, n_bytes: int, bits: int) -> Launch:
+    """A code kernel's launch: one program per BLOCK_SIZE // (8 // bits) code bytes; the first
+    tensor argument's dtype picks the autotuned variant and its size whether to autotune."""
+    first = args[0]
+    big = first.numel() >= AUTOTUNE_MIN_ELEMENTS
     return Launch(
-        relu_backward_codes_kernel,
-        relu_backward_codes_autotuned[gc.dtype == torch.float64],
-        (gc, codes, levels, grad_x, n, n_bytes),
-        {"BITS": bits},
-        n >= AUTOTUNE_MIN_ELEMENTS,
-        n_bytes,
-        8 // bits,
+        kernel, autotuned[first.dtype == torch.float64], args, flags, big, n_bytes, 8 // bits
     )
 
 
@@ -296,51 +295,43 @@ def _new_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The custom ops (the arguments of sugar::relu_forward_codes / _ / relu_backward_codes)
 # ---------------------------------------------------------------------------------------------
-@triton_op("sugar::triton_relu_forward_codes", mutates_args=())
-def triton_relu_forward_codes(
-    x: torch.Tensor,
-    levels: torch.Tensor,
-    thresholds: torch.Tensor,
-    interval_codes: torch.Tensor,
-    search: torch.Tensor,
-    bits: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    op = "sugar::triton_relu_forward_codes"
-    bits = _check_code_args(x, levels, thresholds, interval_codes, search, bits, op)
+@triton_op(
+    "sugar::triton_relu_forward_codes", mutates_args=(), schema=SCHEMAS["relu_forward_codes"]
+)
+def triton_relu_forward_codes(x, *tables_and_bits):
     xc = x.contiguous()
     y = torch.empty_like(xc)
-    codes = _new_codes(x, bits)
-    _start(relu_forward_codes_launch(xc, y, codes, thresholds, interval_codes, search, bits))
+    codes = _forward_codes("sugar::triton_relu_forward_codes", x, xc, y, *tables_and_bits)
     if not x.is_contiguous():  # keep torch.relu's output layout
         y = torch.empty_like(x).copy_(y)
     return y, codes
 
 
-@triton_op("sugar::triton_relu_forward_codes_", mutates_args=("x",))
-def triton_relu_forward_codes_(
-    x: torch.Tensor,
-    levels: torch.Tensor,
-    thresholds: torch.Tensor,
-    interval_codes: torch.Tensor,
-    search: torch.Tensor,
-    bits: int,
-) -> torch.Tensor:
+@triton_op(
+    "sugar::triton_relu_forward_codes_", mutates_args=("x",), schema=SCHEMAS["relu_forward_codes_"]
+)
+def triton_relu_forward_codes_(x, *tables_and_bits):
     op = "sugar::triton_relu_forward_codes_"
-    bits = _check_code_args(x, levels, thresholds, interval_codes, search, bits, op)
-    codes = _new_codes(x, bits)
     if x.is_contiguous():
-        _start(relu_forward_codes_launch(x, x, codes, thresholds, interval_codes, search, bits))
-    else:
-        xc = x.contiguous()
-        _start(relu_forward_codes_launch(xc, xc, codes, thresholds, interval_codes, search, bits))
-        x.copy_(xc)
+        return _forward_codes(op, x, x, x, *tables_and_bits)
+    xc = x.contiguous()
+    codes = _forward_codes(op, x, xc, xc, *tables_and_bits)
+    x.copy_(xc)
     return codes
 
 
-@triton_op("sugar::triton_relu_backward_codes", mutates_args=())
-def triton_relu_backward_codes(
-    grad_y: torch.Tensor, codes: torch.Tensor, levels: torch.Tensor, bits: int
-) -> torch.Tensor:
+def _forward_codes(op, x, xc, y, levels, thresholds, interval_codes, search, bits):
+    """Checks the arguments (``x``: the op's input), then y = relu(xc) and the codes of xc."""
+    bits = _check_code_args(x, levels, thresholds, interval_codes, search, bits, op)
+    codes = _new_codes(x, bits)
+    _start(relu_forward_codes_launch(xc, y, codes, thresholds, interval_codes, search, bits))
+    return codes
+
+
+@triton_op(
+    "sugar::triton_relu_backward_codes", mutates_args=(), schema=SCHEMAS["relu_backward_codes"]
+)
+def triton_relu_backward_codes(grad_y, codes, levels, bits):
     op = "sugar::triton_relu_backward_codes"
     _check_tensor(grad_y, op, "grad_y")
     bits = _check_bits(bits, op)
@@ -356,13 +347,3 @@ def triton_relu_backward_codes(
     grad_x = torch.empty_like(gc)
     _start(relu_backward_codes_launch(gc, codes, levels, grad_x, bits))
     return grad_x
-
-
-def code_ops():
-    """(functional forward, in-place forward, backward): the sugar::triton_* overload packets."""
-    ops = torch.ops.sugar
-    return (
-        ops.triton_relu_forward_codes,
-        ops.triton_relu_forward_codes_,
-        ops.triton_relu_backward_codes,
-    )

@@ -1,24 +1,26 @@
-"""torch.func support: grad, vjp, jacrev, vmap (e.g. per-sample gradients) over the sugar ops.
+"""The backward rule in Python: autograd.Functions over any backend's ops, with vmap rules.
 
-The ops' own autograd is a C++ ``torch::autograd::Function`` (csrc/autograd.cpp), which PyTorch
-refuses under functorch transforms. Inside a transform the API calls the same ops through the
-Python ``autograd.Function`` classes below instead: ``setup_context`` style (what functorch
-needs), vmap rules, and the same formulas as ``_ops.register_autograd_for``: backward
-``grad_y * g(x)`` (or ``grad_y * levels[code]``). First order only: a second derivative through
-a transform raises NotImplementedError (g'(x) needs torch.autograd.grad, which functorch forbids
-inside one); plain ``torch.autograd.grad(create_graph=True)`` keeps working. Forward-mode AD
-(``jvp``, ``jacfwd``) has no rule: PyTorch raises its own error for it. vmap rules: the ops are
-elementwise, so one call covers a whole batch; in code modes only when a sample's packed codes
-end on a byte (always at bits=8), else one call per sample (as for jacrev's shared codes).
-Every backend (compiled, Triton, reference) comes here inside a transform; plain eager and
-compiled calls keep their own autograd, which for the reference backend is these Functions.
+One rule (as ``csrc/autograd.cpp`` is the C++ ops' rule): backward ``grad_y * g(x)`` (exact) or
+``grad_y * levels[code]`` (code modes), the backward ops differentiable again. Used for
+- the Triton ops: ``register_autograd`` registers these Functions' ``setup_context``/``backward``
+  as the autograd of ``sugar::triton_relu_*``;
+- the "reference" backend: its ops are these Functions applied to pure-PyTorch functions;
+- every backend inside torch.func transforms (grad, vjp, jacrev, vmap): PyTorch refuses a C++
+  ``torch::autograd::Function`` there, and these are ``setup_context`` style with vmap rules;
+- the in-place code mode of the backends without C++ autograd (``InplaceCodes``).
+Under a transform, first order only: a second derivative raises NotImplementedError (g'(x) needs
+torch.autograd.grad, which functorch forbids inside one); plain ``torch.autograd.grad
+(create_graph=True)`` keeps working. Forward-mode AD (``jvp``, ``jacfwd``) has no rule: PyTorch
+raises its own error for it. vmap rules: the ops are elementwise, so one call covers a whole
+batch; in code modes only when a sample's packed codes end on a byte (always at bits=8), else one
+call per sample (as for jacrev's shared codes).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._ops import double_backward
+from ._ops import LIBRARY, _grad_factor_derivative
 
 
 def transformed(x: torch.Tensor) -> bool:
@@ -28,6 +30,18 @@ def transformed(x: torch.Tensor) -> bool:
 
 def _batch_first(t: torch.Tensor, dim: int | None, batch_size: int) -> torch.Tensor:
     return t.movedim(dim, 0) if dim is not None else t.expand(batch_size, *t.shape)
+
+
+def double_backward(backward_op, grad_y, x, grad_grad_x, surrogate, alpha, region, needs):
+    """Gradients of ``backward_op(grad_y, x, ...) = grad_y * g(x)`` w.r.t. (grad_y, x): linear in
+    grad_y, ``grad_y * g'(x)`` in x (see ``_ops._grad_factor_derivative``)."""
+    grad_grad_y = grad_x = None
+    if needs[0]:
+        grad_grad_y = backward_op(grad_grad_x, x, surrogate, alpha, region)
+    if needs[1]:
+        d2 = _grad_factor_derivative(x, surrogate, alpha, region)
+        grad_x = (grad_grad_x.to(d2.dtype) * grad_y.to(d2.dtype) * d2).to(x.dtype)
+    return grad_grad_y, grad_x
 
 
 class _Backward(torch.autograd.Function):
@@ -163,6 +177,56 @@ class _ForwardCodes(torch.autograd.Function):
         codes, levels = ctx.saved_tensors
         grad_x = _BackwardCodes.apply(grad_y, codes, levels, ctx.bits, ctx.backward_op)
         return grad_x, None, None, None, None, None, None, None
+
+
+class InplaceCodes(torch.autograd.Function):
+    """In-place code mode: relu(x) written over x (mark_dirty), packed codes saved for backward.
+
+    ``forward_op`` is the backend's mutating op, ``backward_op`` its code backward; the autograd
+    engine then raises PyTorch's usual error for a leaf requiring grad. ``apply`` returns the
+    1-tuple ``(x,)``: the codes stay internal (saved on ``ctx``), because autograd allows a
+    Function that modifies a *view* in place to return only one tensor, and
+    ``nn.ReLU(inplace=True)`` works on views (slices, chunks, ``view``/``flatten`` results).
+    """
+
+    @staticmethod
+    def forward(ctx, x, levels, thresholds, interval_codes, search, bits, forward_op, backward_op):
+        codes = forward_op(x, levels, thresholds, interval_codes, search, bits)
+        ctx.bits, ctx.backward_op = bits, backward_op
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(codes, levels)
+        return (x,)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        codes, levels = ctx.saved_tensors
+        grad_x = _BackwardCodes.apply(grad_y, codes, levels, ctx.bits, ctx.backward_op)
+        return grad_x, None, None, None, None, None, None, None
+
+
+def register_autograd(prefix: str) -> None:
+    """Registers the Functions' rule as the autograd of ``sugar::{prefix}relu_forward``,
+    ``relu_backward``, ``relu_forward_codes`` and ``relu_backward_codes``. The ops' inputs are
+    the Functions' inputs without the trailing op arguments, which are filled in here."""
+    ops = torch.ops.sugar
+    backward_op = getattr(ops, f"{prefix}relu_backward")
+    backward_codes_op = getattr(ops, f"{prefix}relu_backward_codes")
+    for name, function, op_args in (
+        ("relu_forward", _Forward, (None, backward_op)),
+        ("relu_backward", _Backward, (backward_op,)),
+        ("relu_forward_codes", _ForwardCodes, (None, backward_codes_op)),
+        ("relu_backward_codes", _BackwardCodes, (backward_codes_op,)),
+    ):
+
+        def setup_context(ctx, inputs, output, function=function, op_args=op_args):
+            function.setup_context(ctx, (*inputs, *op_args), output)
+
+        def backward(ctx, *grads, function=function, op_args=op_args):
+            return function.backward(ctx, *grads)[: -len(op_args)]
+
+        torch.library.register_autograd(
+            f"{LIBRARY}::{prefix}{name}", backward, setup_context=setup_context
+        )
 
 
 def sugar_relu(x, surrogate, alpha, region, backend):
