@@ -31,14 +31,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from .._ops import SCHEMAS
-from .exact import (
-    AUTOTUNE_MIN_ELEMENTS,
-    Launch,
-    _check_tensor,
-    _runs_kernels,
-    autotune,
-    run,
-)
+from .exact import Launch, _check_tensor, _runs_kernels, autotune, make_launch, run
 
 BITS = (1, 2, 4, 8)
 # Table capacity, as csrc/sugar_limits.h kMaxIntervals (code_tables.MAX_INTERVALS). The
@@ -141,7 +134,7 @@ def relu_forward_codes_launch(
     args = (xc, y, codes, thresholds, interval_codes, search, n, n_bytes, thresholds.numel())
     flags = {"BITS": bits, "BUCKETS": SEARCH_BUCKETS}
     kernels = relu_forward_codes_kernel, relu_forward_codes_autotuned
-    return _code_launch(*kernels, args, flags, n_bytes, bits)
+    return make_launch(*kernels, args, flags, n_bytes, 8 // bits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,17 +172,7 @@ def relu_backward_codes_launch(
     n, n_bytes = gc.numel(), codes.numel()
     args = (gc, codes, levels, grad_x, n, n_bytes)
     kernels = relu_backward_codes_kernel, relu_backward_codes_autotuned
-    return _code_launch(*kernels, args, {"BITS": bits}, n_bytes, bits)
-
-
-def _code_launch(kernel, autotuned, args: tuple, flags: dict, n_bytes: int, bits: int) -> Launch:
-    """A code kernel's launch: one program per BLOCK_SIZE // (8 // bits) code bytes; the first
-    tensor argument's dtype picks the autotuned variant and its size whether to autotune."""
-    first = args[0]
-    big = first.numel() >= AUTOTUNE_MIN_ELEMENTS
-    return Launch(
-        kernel, autotuned[first.dtype == torch.float64], args, flags, big, n_bytes, 8 // bits
-    )
+    return make_launch(*kernels, args, {"BITS": bits}, n_bytes, 8 // bits)
 
 
 def _start(launch: Launch) -> None:

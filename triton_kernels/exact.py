@@ -117,6 +117,14 @@ class Launch(NamedTuple):
     per: int
 
 
+def make_launch(kernel, autotuned, args: tuple, flags: dict, units: int, per: int = 1) -> Launch:
+    """The launch of ``kernel`` (``autotuned``: ``autotune(kernel, ...)``) over ``units``; the
+    first argument, a tensor, picks the float64 configs by its dtype and autotuning by its size."""
+    first = args[0]
+    big = first.numel() >= AUTOTUNE_MIN_ELEMENTS
+    return Launch(kernel, autotuned[first.dtype == torch.float64], args, flags, big, units, per)
+
+
 def _traceable(kernel):
     """The kernel as torch.compile can trace it. Interpreted kernels (TRITON_INTERPRET=1) cannot
     be traced at all, and torch 2.11's wrap_triton rejects them: launch them as they are."""
@@ -260,15 +268,7 @@ relu_forward_autotuned = autotune(relu_forward_kernel, key=["n_elements"])
 def relu_forward_launch(x: torch.Tensor, y: torch.Tensor) -> Launch:
     """y = relu(x) over x's flat dense storage (y: the same layout; y may be x)."""
     n = x.numel()
-    return Launch(
-        relu_forward_kernel,
-        relu_forward_autotuned[x.dtype == torch.float64],
-        (x, y, n),
-        {},
-        n >= AUTOTUNE_MIN_ELEMENTS,
-        n,
-        1,
-    )
+    return make_launch(relu_forward_kernel, relu_forward_autotuned, (x, y, n), {}, n)
 
 
 def relu_forward(x: torch.Tensor) -> torch.Tensor:
@@ -347,16 +347,9 @@ def relu_backward_launch(
 ) -> Launch:
     """grad_x = grad_y * g(x) over flat dense storage (all three with the same strides)."""
     n = x.numel()
-    alpha_hi, alpha_lo = _alpha_parts(alpha)
-    return Launch(
-        relu_backward_kernel,
-        relu_backward_autotuned[x.dtype == torch.float64],
-        (grad_y, x, grad_x, n, alpha_hi, alpha_lo),
-        {"SURROGATE": surrogate_id, "NEGATIVE_ONLY": negative_only},
-        n >= AUTOTUNE_MIN_ELEMENTS,
-        n,
-        1,
-    )
+    args = (grad_y, x, grad_x, n, *_alpha_parts(alpha))
+    flags = {"SURROGATE": surrogate_id, "NEGATIVE_ONLY": negative_only}
+    return make_launch(relu_backward_kernel, relu_backward_autotuned, args, flags, n)
 
 
 def relu_backward(

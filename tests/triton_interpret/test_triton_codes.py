@@ -38,6 +38,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 from sugar_kernels.triton_kernels import code_modes as triton_codes  # noqa: E402
+from sugar_kernels.triton_kernels import exact as triton_exact  # noqa: E402
 
 FORWARD, FORWARD_, BACKWARD = (
     torch.ops.sugar.triton_relu_forward_codes,
@@ -148,7 +149,7 @@ def test_sizes(bits, n):
 def test_autotuned_path(n, monkeypatch):
     """Large tensors go through triton.autotune (one 2048-element config under the interpreter);
     lower the size threshold so that path runs on small inputs."""
-    monkeypatch.setattr(triton_codes, "AUTOTUNE_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(triton_exact, "AUTOTUNE_MIN_ELEMENTS", 1)
     for bits in (8, 1):
         table = tables("selu", "all", bits, torch.float32)
         x = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 3
