@@ -232,12 +232,22 @@ def tables(
 
 @contextlib.contextmanager
 def _real_tensors():
-    """Build cached tables as real tensors even while tracing (torch.export's FakeTensorMode) or
-    inside a torch.func transform (whose wrappers have no storage for ``.numpy()``); a fake or
-    wrapped tensor in the cache would break every later eager call."""
+    """Build cached tables as ordinary real tensors even while tracing (torch.export's
+    FakeTensorMode), inside a torch.func transform (whose wrappers have no storage for
+    ``.numpy()``), in inference mode (an inference tensor cannot be saved for backward) or under a
+    default device (``torch.set_default_device``, ``with torch.device(...)``: the quantizer's
+    intermediates must stay on the CPU): a fake, wrapped or inference tensor in the cache would
+    break every later call that trains. No grad-mode switch: the tables come from Python numbers
+    (nothing requires grad), and torch.export would record each switch as an empty
+    ``wrap_with_set_grad_enabled`` subgraph in the exported program."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    with _disable_current_modes(), torch._C._DisableFuncTorch(), torch.no_grad():
+    with contextlib.ExitStack() as stack:
+        if torch.is_inference_mode_enabled():
+            stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(_disable_current_modes())  # dispatch modes (fake, proxy)
+        stack.enter_context(torch._C.DisableTorchFunction())  # function modes (default device)
+        stack.enter_context(torch._C._DisableFuncTorch())
         yield
 
 

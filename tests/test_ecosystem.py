@@ -178,6 +178,10 @@ _COLD_EXPORT_SCRIPT = textwrap.dedent(
     import torch, sugar_kernels as sk
     # nothing computed yet: the code tables are built during (non-strict) export tracing
     ep = torch.export.export(sk.SugarReLU(bits=8), (torch.randn(40, dtype=torch.float64),))
+    # building the tables must leave nothing in the program (no grad-mode regions, one op)
+    code = ep.graph_module.code
+    assert "wrap_with_set_grad_enabled" not in code and not list(ep.graph_module.children()), code
+    assert code.count("sugar.relu_forward_codes.default") == 1, code
     x = torch.randn(40, dtype=torch.float64, requires_grad=True)
     y = sk.sugar_relu(x, bits=8)
     assert type(y) is torch.Tensor, f"eager output after export is a {type(y).__name__}"
@@ -201,6 +205,43 @@ def test_torch_export_code_mode_with_cold_table_cache():
         env=env,
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_inference_mode_first_then_training(backend, inplace):
+    """A code configuration first used under torch.inference_mode (a validation pass or a
+    framework's sanity check before training) caches ordinary tables: training afterwards works
+    and gets grad_y * levels[code] (an inference tensor cannot be saved for backward)."""
+    # a configuration no other test uses, so its tables are first built in inference mode here
+    args = dict(surrogate="nelu", alpha=0.0371 + inplace / 100, bits=2, backend=backend)
+    model = nn.Sequential(nn.Linear(8, 16), sk.SugarReLU(inplace=inplace, **args))
+    x = torch.randn(4, 8, generator=_gen(21))
+    with torch.inference_mode():
+        want = torch.relu(model[0](x))
+        assert torch.equal(model(x), want)
+    h = model[0](x).detach().requires_grad_()
+    go = torch.randn(h.shape, generator=_gen(22))
+    (grad,) = torch.autograd.grad(model[1](h * 1), h, go)
+    levels, thr, icodes = C.tables("nelu", args["alpha"], "all", 2, x.device, x.dtype)
+    idx = C.unpack(C.encode_reference(h.detach(), thr, icodes, 2), 2, h.numel()).view(h.shape)
+    assert_bitwise_equal(grad, go * levels[idx], "grad after a first call in inference mode")
+
+
+def test_code_tables_ignore_the_default_device():
+    """A configuration first used under ``with torch.device(...)`` / ``set_default_device``
+    (meta here: any device other than the CPU) builds its tables on x's device; the quantizer's
+    intermediates stay on the CPU (this raised "can't convert meta device type tensor to numpy")."""
+    x = torch.randn(4, 64, generator=_gen(23), requires_grad=True)
+    args = dict(surrogate="elu", alpha=0.7713, bits=4)  # a configuration no other test uses
+    with torch.device("meta"):
+        y = sk.sugar_relu(x * 1, **args)
+    assert y.device == x.device and torch.equal(y, torch.relu(x.detach()))
+    go = torch.randn(x.shape, generator=_gen(24))
+    (grad,) = torch.autograd.grad(y, x, go)
+    levels, thr, icodes = C.tables("elu", args["alpha"], "all", 4, x.device, x.dtype)
+    idx = C.unpack(C.encode_reference(x.detach(), thr, icodes, 4), 4, x.numel()).view(x.shape)
+    assert_bitwise_equal(grad, go * levels[idx], "grad of a code mode first used under a device")
 
 
 def test_torch_export_does_not_poison_table_cache(monkeypatch):
