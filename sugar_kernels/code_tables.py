@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -204,16 +205,24 @@ class _TableSlots:
 
 _SLOTS = _TableSlots()
 _SLOT_NAMES: dict[tuple, str] = {}
+# Threads (nn.DataParallel's replicas, a serving thread pool) may meet new configurations at
+# once: without the lock two of them could take the same slot name, one configuration's codes
+# then silently using the other's tables.
+_SLOT_LOCK = threading.Lock()
 
 
 @torch.compiler.assume_constant_result
 def _table_slot(surrogate, alpha, region, bits, device, dtype) -> str:
     key = (surrogate, alpha, region, bits, device, dtype)
-    if key not in _SLOT_NAMES:
-        name = f"config_{len(_SLOT_NAMES)}"
-        setattr(_SLOTS, name, CodeTables(*tables(*key), search_table(*key)))
-        _SLOT_NAMES[key] = name
-    return _SLOT_NAMES[key]
+    name = _SLOT_NAMES.get(key)
+    if name is None:
+        with _SLOT_LOCK:
+            name = _SLOT_NAMES.get(key)
+            if name is None:
+                name = f"config_{len(_SLOT_NAMES)}"
+                setattr(_SLOTS, name, CodeTables(*tables(*key), search_table(*key)))
+                _SLOT_NAMES[key] = name
+    return name
 
 
 def tables(

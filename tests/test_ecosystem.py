@@ -8,6 +8,7 @@ as it is listed. GPU-only tests are marked ``cuda`` and skip without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
@@ -15,6 +16,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 
 import pytest
@@ -242,6 +244,36 @@ def test_code_tables_ignore_the_default_device():
     levels, thr, icodes = C.tables("elu", args["alpha"], "all", 4, x.device, x.dtype)
     idx = C.unpack(C.encode_reference(x.detach(), thr, icodes, 4), 4, x.numel()).view(x.shape)
     assert_bitwise_equal(grad, go * levels[idx], "grad of a code mode first used under a device")
+
+
+def test_code_tables_of_configurations_first_met_by_two_threads_at_once(monkeypatch):
+    """Two threads meeting two new configurations at the same moment (nn.DataParallel replicas,
+    a serving thread pool) each get their own tables. The barrier holds the first thread inside
+    the table build until the second arrives (or 1 s passes, when a lock keeps it out)."""
+    barrier = threading.Barrier(2, timeout=1.0)
+    build = C.tables
+
+    def tables_meeting_the_other_thread(*key):
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()
+        return build(*key)
+
+    monkeypatch.setattr(C, "tables", tables_meeting_the_other_thread)
+    configs = [("nelu", 0.0517, "all", 8), ("nelu", 0.0518, "negative", 2)]  # used nowhere else
+    cpu, f32 = torch.device("cpu"), torch.float32
+    got = {}
+
+    def first_use(config):
+        got[config] = C.kernel_tables(*config, cpu, f32)
+
+    threads = [threading.Thread(target=first_use, args=(config,)) for config in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for config in configs:
+        for table in (got[config], C.kernel_tables(*config, cpu, f32)):
+            assert torch.equal(table.levels, build(*config, cpu, f32)[0]), config
 
 
 def test_torch_export_does_not_poison_table_cache(monkeypatch):
