@@ -413,3 +413,23 @@ def test_cuda_no_allocated_memory_growth_and_deterministic(backend, mode):
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= before
     assert_bitwise_equal(step(), first, "CUDA determinism")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_tensors_on_a_gpu_that_is_not_the_current_one(backend, mode):
+    """Kernels run on their tensors' device, not the current one (cuda:0 current, tensors on
+    cuda:1), with the same results as on the CPU reference."""
+    x = torch.randn(64, 256, generator=_gen(31), dtype=torch.float64)
+    go = torch.randn(x.shape, generator=_gen(32), dtype=torch.float64)
+    want_x = x.clone().requires_grad_()
+    _apply(want_x * 1, "reference", mode).backward(go)
+    with torch.cuda.device(0):
+        got_x = x.to("cuda:1").requires_grad_()
+        y = _apply(got_x * 1, backend, mode)
+        y.backward(go.to("cuda:1"))
+        assert y.device == got_x.grad.device == torch.device("cuda:1")
+        assert torch.equal(y.cpu(), torch.relu(x))
+    assert_grad_close(got_x.grad.cpu(), want_x.grad, go, torch.float64, f"{backend} on cuda:1")

@@ -132,7 +132,18 @@ def _traceable(kernel):
 
 
 def run(launch: Launch) -> None:
-    """Start the launch (under torch.compile: trace it, through wrap_triton)."""
+    """Start the launch (under torch.compile: trace it, through wrap_triton) on the device of its
+    tensors. Triton launches on the current CUDA device, which need not be theirs (tensors on
+    cuda:1 while cuda:0 is current: "cannot be accessed from Triton", or an illegal access)."""
+    device = launch.args[0].device
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            _run(launch)
+    else:
+        _run(launch)
+
+
+def _run(launch: Launch) -> None:
     kernel, autotuned, args, flags, autotune, units, per = launch
     if autotune:
         grid = lambda meta: (triton.cdiv(units, meta["BLOCK_SIZE"] // per),)  # noqa: E731
