@@ -197,6 +197,14 @@ class SugarReLU(nn.Module):
             self.backend,
         )
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script's hook: its own error points inside the alpha property.
+        raise RuntimeError(
+            "SugarReLU cannot be compiled by TorchScript (torch.jit.script): use torch.compile "
+            "or torch.export (torch.jit.trace also works), or script sk.strip(model), an "
+            "inference copy with nn.ReLU (same forward, no surrogate gradient)"
+        )
+
     def extra_repr(self) -> str:
         parts = [f"surrogate={self.surrogate!r}"]
         if _surrogate_has_alpha(self.surrogate):

@@ -276,6 +276,18 @@ def test_code_tables_of_configurations_first_met_by_two_threads_at_once(monkeypa
             assert torch.equal(table.levels, build(*config, cpu, f32)[0]), config
 
 
+def test_torchscript_says_what_to_use_instead():
+    model = nn.Sequential(nn.Linear(4, 4), sk.SugarReLU(bits=8))
+    x = torch.randn(3, 4, generator=_gen(41))
+    want = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        with pytest.raises(RuntimeError, match="TorchScript.*torch.compile.*sk.strip"):
+            torch.jit.script(model)
+        scripted = torch.jit.script(sk.strip(model))
+    assert torch.equal(scripted(x), want)
+
+
 def test_torch_export_does_not_poison_table_cache(monkeypatch):
     monkeypatch.setattr(C, "_TABLES", {})
     sk.sugar_relu(torch.randn(4), bits=8)  # quantizer cached; float64 tables not yet built
