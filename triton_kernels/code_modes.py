@@ -21,7 +21,7 @@ returns only the codes, and backward returns a contiguous grad.
 
 The ops ``sugar::triton_relu_forward_codes`` / ``sugar::triton_relu_forward_codes_`` /
 ``sugar::triton_relu_backward_codes`` take the arguments of ``sugar::relu_forward_codes`` /
-``sugar::relu_forward_codes_`` / ``sugar::relu_backward_codes`` (their schemas: ``_ops.SCHEMAS``);
+``sugar::relu_forward_codes_`` / ``sugar::relu_backward_codes`` (same schemas, ``bits`` a SymInt);
 their autograd and the in-place mode's (``InplaceCodes``): ``sugar_kernels/python_autograd.py``.
 """
 
@@ -30,7 +30,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from .._ops import SCHEMAS
 from .exact import Launch, _check_tensor, _runs_kernels, autotune, make_launch, run
 
 BITS = (1, 2, 4, 8)
@@ -278,10 +277,16 @@ def _new_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The custom ops (the arguments of sugar::relu_forward_codes / _ / relu_backward_codes)
 # ---------------------------------------------------------------------------------------------
-@triton_op(
-    "sugar::triton_relu_forward_codes", mutates_args=(), schema=SCHEMAS["relu_forward_codes"]
-)
-def triton_relu_forward_codes(x, *tables_and_bits):
+@triton_op("sugar::triton_relu_forward_codes", mutates_args=())
+def triton_relu_forward_codes(
+    x: torch.Tensor,
+    levels: torch.Tensor,
+    thresholds: torch.Tensor,
+    interval_codes: torch.Tensor,
+    search: torch.Tensor,
+    bits: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    tables_and_bits = levels, thresholds, interval_codes, search, bits
     xc = x.contiguous()
     y = torch.empty_like(xc)
     codes = _forward_codes("sugar::triton_relu_forward_codes", x, xc, y, *tables_and_bits)
@@ -290,11 +295,17 @@ def triton_relu_forward_codes(x, *tables_and_bits):
     return y, codes
 
 
-@triton_op(
-    "sugar::triton_relu_forward_codes_", mutates_args=("x",), schema=SCHEMAS["relu_forward_codes_"]
-)
-def triton_relu_forward_codes_(x, *tables_and_bits):
+@triton_op("sugar::triton_relu_forward_codes_", mutates_args=("x",))
+def triton_relu_forward_codes_(
+    x: torch.Tensor,
+    levels: torch.Tensor,
+    thresholds: torch.Tensor,
+    interval_codes: torch.Tensor,
+    search: torch.Tensor,
+    bits: int,
+) -> torch.Tensor:
     op = "sugar::triton_relu_forward_codes_"
+    tables_and_bits = levels, thresholds, interval_codes, search, bits
     if x.is_contiguous():
         return _forward_codes(op, x, x, x, *tables_and_bits)
     xc = x.contiguous()
@@ -311,10 +322,10 @@ def _forward_codes(op, x, xc, y, levels, thresholds, interval_codes, search, bit
     return codes
 
 
-@triton_op(
-    "sugar::triton_relu_backward_codes", mutates_args=(), schema=SCHEMAS["relu_backward_codes"]
-)
-def triton_relu_backward_codes(grad_y, codes, levels, bits):
+@triton_op("sugar::triton_relu_backward_codes", mutates_args=())
+def triton_relu_backward_codes(
+    grad_y: torch.Tensor, codes: torch.Tensor, levels: torch.Tensor, bits: int
+) -> torch.Tensor:
     op = "sugar::triton_relu_backward_codes"
     _check_tensor(grad_y, op, "grad_y")
     bits = _check_bits(bits, op)

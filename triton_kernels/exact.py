@@ -36,7 +36,6 @@ from torch.library import triton_op, wrap_triton
 from triton.language.extra import libdevice
 from triton.runtime.interpreter import InterpretedFunction
 
-from .._ops import SCHEMAS
 from ..surrogates import REGIONS, SURROGATES
 
 
@@ -463,15 +462,17 @@ def _check_tensor(t: torch.Tensor, op: str, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # The custom ops (same schemas as sugar::relu_forward / sugar::relu_backward)
 # ---------------------------------------------------------------------------------------------
-@triton_op("sugar::triton_relu_forward", mutates_args=(), schema=SCHEMAS["relu_forward"])
-def triton_relu_forward(x, surrogate, alpha, region):
+@triton_op("sugar::triton_relu_forward", mutates_args=())
+def triton_relu_forward(x: torch.Tensor, surrogate: str, alpha: float, region: str) -> torch.Tensor:
     _check_tensor(x, "sugar::triton_relu_forward", "x")
     _parse_params(surrogate, alpha, region)  # errors surface at forward time, as in csrc/
     return relu_forward(x)
 
 
-@triton_op("sugar::triton_relu_backward", mutates_args=(), schema=SCHEMAS["relu_backward"])
-def triton_relu_backward(grad_y, x, surrogate, alpha, region):
+@triton_op("sugar::triton_relu_backward", mutates_args=())
+def triton_relu_backward(
+    grad_y: torch.Tensor, x: torch.Tensor, surrogate: str, alpha: float, region: str
+) -> torch.Tensor:
     op = "sugar::triton_relu_backward"
     _check_tensor(x, op, "x")
     if grad_y.shape != x.shape:

@@ -11,6 +11,7 @@ run in tests/test_triton_gpu.py.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import sugar_kernels as sk  # noqa: E402
 from sugar_kernels import code_tables as C  # noqa: E402
 from sugar_kernels import triton_kernels  # noqa: E402
+from sugar_kernels._ops import SCHEMAS  # noqa: E402
 from sugar_kernels.python_autograd import InplaceCodes  # noqa: E402
 from tests.helpers import assert_bitwise_equal, sample_inputs, special_values  # noqa: E402
 
@@ -400,3 +402,20 @@ def test_func_grad_and_per_sample_grads(bits):
     loss(xg).backward()
     assert_bitwise_equal(torch.func.grad(loss)(x), xg.grad, "torch.func.grad")
     assert_bitwise_equal(torch.func.vmap(torch.func.grad(loss))(x), xg.grad, "vmap(grad)")
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_triton_op_schemas_are_the_compiled_ops(name):
+    """Every Triton op takes exactly the arguments of its sugar:: op (torch 2.11's triton_op
+    infers the schema from the annotations, so this keeps the two in step; an int argument is
+    inferred as SymInt)."""
+    triton_op = getattr(torch.ops.sugar, "triton_" + name, None)
+    if name == "grad_factor_derivative":  # one composite op serves every backend
+        assert triton_op is None
+        return
+
+    def normal(schema: str) -> str:  # alias sets are named a or a0 depending on who wrote them
+        return re.sub(r"\(\w+!\)", "(!)", schema.replace("SymInt", "int"))
+
+    want = f"sugar::triton_{name}{SCHEMAS[name]}"
+    assert normal(str(triton_op.default._schema)) == normal(want)
