@@ -40,6 +40,11 @@ def _check_input(x: torch.Tensor) -> None:
         raise TypeError(
             f"sugar_relu supports float32, float64, float16 and bfloat16 tensors, got {x.dtype}"
         )
+    if x.is_nested or x.layout != torch.strided:
+        # The surrogate gradient is non-zero at 0, so the implicit zeros of a sparse tensor would
+        # need gradients too; for a nested tensor apply it to the values (x.values()).
+        kind = "a nested tensor" if x.is_nested else f"layout {x.layout}"
+        raise TypeError(f"sugar_relu supports dense (torch.strided) tensors, got {kind}")
 
 
 def _resolve_backend_uncached(backend: str, dev: str) -> Backend:

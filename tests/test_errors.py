@@ -81,6 +81,17 @@ def test_unsupported_tensor_dtype(dtype):
         sk.SugarReLU()(t)
 
 
+@pytest.mark.parametrize("bits", [None, 8])
+def test_sparse_and_nested_tensors_raise(bits):
+    sparse = torch.randn(4, 4).to_sparse()
+    nested = torch.nested.nested_tensor([torch.randn(3), torch.randn(5)], layout=torch.jagged)
+    for t, what in ((sparse, "layout torch.sparse_coo"), (nested, "a nested tensor")):
+        with pytest.raises(TypeError, match=f"dense \\(torch.strided\\) tensors, got {what}"):
+            sk.sugar_relu(t, bits=bits)
+        with pytest.raises(TypeError, match="dense"):
+            sk.SugarReLU(bits=bits)(t)
+
+
 def test_not_a_tensor():
     with pytest.raises(TypeError, match="expects a torch.Tensor, got list"):
         sk.sugar_relu([1.0, -1.0])
