@@ -44,12 +44,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without a build
     EXTENSION_ERROR = f"sugar_kernels._C is not importable ({exc}); run `make install`"
 
 
-@torch.library.register_fake(f"{LIBRARY}::relu_forward")
 def _relu_forward_fake(x, surrogate, alpha, region):
     return torch.empty_like(x)
 
 
-@torch.library.register_fake(f"{LIBRARY}::relu_backward")
 def _relu_backward_fake(grad_y, x, surrogate, alpha, region):
     return torch.empty_like(x)
 
@@ -59,19 +57,38 @@ def _codes_fake(x, bits):
     return x.new_empty(((x.numel() + per - 1) // per,), dtype=torch.uint8)
 
 
-@torch.library.register_fake(f"{LIBRARY}::relu_forward_codes")
 def _relu_forward_codes_fake(x, levels, thresholds, interval_codes, search, bits):
     return torch.empty_like(x), _codes_fake(x, bits)
 
 
-@torch.library.register_fake(f"{LIBRARY}::relu_forward_codes_")
 def _relu_forward_codes_inplace_fake(x, levels, thresholds, interval_codes, search, bits):
     return _codes_fake(x, bits)
 
 
-@torch.library.register_fake(f"{LIBRARY}::relu_backward_codes")
 def _relu_backward_codes_fake(grad_y, codes, levels, bits):
     return torch.empty_like(grad_y, memory_format=torch.contiguous_format)
+
+
+# The output shapes, strides and dtypes every op family's kernels produce.
+FAKES = {
+    "relu_forward": _relu_forward_fake,
+    "relu_backward": _relu_backward_fake,
+    "relu_forward_codes": _relu_forward_codes_fake,
+    "relu_forward_codes_": _relu_forward_codes_inplace_fake,
+    "relu_backward_codes": _relu_backward_codes_fake,
+}
+for _name, _fake in FAKES.items():
+    torch.library.register_fake(f"{LIBRARY}::{_name}", _fake)
+
+
+def define_op_family(prefix: str, kernels: dict) -> None:
+    """Defines ``sugar::{prefix}{name}`` with the schema of ``sugar::{name}``, ``kernels[name]``
+    as its kernel on every device and the same fake kernel, for each name in ``FAKES``."""
+    for name, fake in FAKES.items():
+        qualname = f"{LIBRARY}::{prefix}{name}"
+        _lib.define(prefix + name + SCHEMAS[name])
+        _lib.impl(prefix + name, kernels[name], "CompositeExplicitAutograd")
+        torch.library.register_fake(qualname, fake)
 
 
 # ---- double backward ---------------------------------------------------------------------------

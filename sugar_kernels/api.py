@@ -139,8 +139,9 @@ def _sugar_relu(x, surrogate, alpha, table_alpha, region, bits, inplace, backend
     # and when x is an input of the compiled region (a graph break before the activation, FSDP,
     # DDP's bucketed graphs) AOTAutograd keeps that mutation hidden from autograd: the traced
     # backward would be the identity. Inductor still writes y into x's buffer, and the
-    # partitioner saves the codes, not x or y. torch.export keeps the one in-place op.
-    if inplace and not eager and not inductor.is_exporting():
+    # partitioner saves the codes, not x or y. torch.export keeps the compiled backends' one
+    # in-place op; the others' Function (InplaceCodes) cannot mark a traced view dirty there.
+    if inplace and not eager and (not backend.compiled or not inductor.is_exporting()):
         return x.copy_(backend.forward_codes(x, *tables, bits)[0])
     if not inplace:
         forward = _ops._C.relu_forward_codes if direct else backend.forward_codes

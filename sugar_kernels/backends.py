@@ -1,8 +1,9 @@
 """The backend registry: per backend, the ops that run it and why it cannot run a device's tensors.
 
-Every caller (the API, the torch.func path, autograd and Inductor registration) reads its ops
-from here. Op signatures are those of the ``sugar::relu_*`` schemas (``_ops.SCHEMAS``); code
-modes take ``*tables`` (a ``codes.CodeTables``) and ``bits``.
+Every backend is a family of ops ``sugar::{prefix}relu_*`` with the schemas of ``_ops.SCHEMAS``
+(prefix "" for the C++/CUDA kernels, "triton_", "reference_"); code modes take ``*tables`` (a
+``code_tables.CodeTables``) and ``bits``. Every caller (the API, the torch.func path, autograd
+and Inductor registration, DTensor sharding rules) reads its ops from here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _ops, python_autograd, reference, triton_kernels
+from . import _ops, python_autograd, reference, triton_kernels  # noqa: F401  (ops)
 
 
 class Backend(NamedTuple):
@@ -21,15 +22,13 @@ class Backend(NamedTuple):
     compiled: bool
     # ``sugar::{op_prefix}relu_*`` ops that get autograd and Inductor decompositions; None: no ops.
     op_prefix: str | None
-    forward: Callable  # (x, surrogate, alpha, region) -> relu(x), differentiable
+    # The ops (differentiable, except the in-place one); inside torch.func transforms the
+    # Functions of python_autograd.py wrap them instead.
+    forward: Callable  # (x, surrogate, alpha, region) -> relu(x)
     backward: Callable  # (grad_y, x, surrogate, alpha, region) -> grad_y * g(x)
-    forward_codes: Callable  # (x, *tables, bits) -> (relu(x), codes), differentiable
+    forward_codes: Callable  # (x, *tables, bits) -> (relu(x), codes)
     forward_codes_: Callable  # (x, *tables, bits) -> codes, x <- relu(x); no autograd
     backward_codes: Callable  # (grad_y, codes, levels, bits) -> grad_y * levels[code]
-    # The forward ops that the torch.func Functions wrap (they run below the transform, so any
-    # autograd of the op's own is not used there).
-    plain_forward: Callable
-    plain_forward_codes: Callable
     not_supported_reasons: Callable[[str], list[str]]  # device type -> why not; [] = runs
 
 
@@ -72,13 +71,11 @@ def _op_backend(name: str, prefix: str, reasons: Callable[[str], list[str]]) -> 
         name=name,
         compiled=prefix == "",
         op_prefix=prefix if forward is not None else None,
-        forward=forward.default if prefix == "" else triton_kernels.sugar_relu_triton,
+        forward=forward,
         backward=op("relu_backward"),
         forward_codes=op("relu_forward_codes"),
         forward_codes_=op("relu_forward_codes_"),
         backward_codes=op("relu_backward_codes"),
-        plain_forward=forward,
-        plain_forward_codes=op("relu_forward_codes"),
         not_supported_reasons=reasons,
     )
 
@@ -88,19 +85,8 @@ REGISTRY: dict[str, Backend] = {
     "cuda": _op_backend("cuda", "", _compiled_reasons("cuda")),
     # Without triton its ops are None, and _triton_reasons keeps it from ever being resolved.
     "triton": _op_backend("triton", "triton_", _triton_reasons),
-    "reference": Backend(
-        name="reference",
-        compiled=False,
-        op_prefix=None,
-        forward=reference.sugar_relu,
-        backward=reference.reference_backward,
-        forward_codes=reference.sugar_relu_codes,
-        forward_codes_=reference.reference_forward_codes_,
-        backward_codes=reference.reference_backward_codes,
-        plain_forward=reference.relu_forward,
-        plain_forward_codes=reference.relu_forward_codes,
-        not_supported_reasons=lambda dev: [],
-    ),
+    # Pure PyTorch (reference.py): runs every device's tensors.
+    "reference": _op_backend("reference", "reference_", lambda dev: []),
 }
 # The order in which backend="auto" prefers them.
 PREFERENCE = ("cpu", "cuda", "triton", "reference")

@@ -9,7 +9,7 @@ comes back as a DTensor in the input's placements. Nothing is communicated for t
 itself, and the packed codes (whose byte layout is the local shard's) never become a DTensor:
 a global view of per-shard codes would have no valid placement.
 
-The exact-mode ops themselves (``sugar::relu_forward``, ``relu_backward`` and their ``triton_``
+The exact-mode ops themselves (``sugar::relu_forward``, ``relu_backward`` and every backend's
 variants) also get a pointwise sharding strategy, so calling them directly on DTensors works
 (their autograd then runs at the DTensor level). The code-mode ops get none: their packed codes
 have no global layout, so ``sugar_relu`` keeps them below the DTensor level as described above.
@@ -26,8 +26,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
-from . import triton_kernels  # noqa: F401  (registers the triton_ ops, when Triton is importable)
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -110,7 +108,9 @@ def _pointwise_sharding(*tensor_specs):
 
 
 def _register_exact_op_sharding() -> None:
-    for prefix in ("", "triton_"):
+    from .backends import op_prefixes
+
+    for prefix in op_prefixes():
         forward = getattr(torch.ops.sugar, f"{prefix}relu_forward", None)
         backward = getattr(torch.ops.sugar, f"{prefix}relu_backward", None)
         if forward is None or backward is None:

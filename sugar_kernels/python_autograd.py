@@ -2,9 +2,9 @@
 
 One rule (as ``csrc/autograd.cpp`` is the C++ ops' rule): backward ``grad_y * g(x)`` (exact) or
 ``grad_y * levels[code]`` (code modes), the backward ops differentiable again. Used for
-- the Triton ops: ``register_autograd`` registers these Functions' ``setup_context``/``backward``
-  as the autograd of ``sugar::triton_relu_*``;
-- the "reference" backend: its ops are these Functions applied to pure-PyTorch functions;
+- the Triton and the reference ops: ``register_autograd`` registers these Functions'
+  ``setup_context``/``backward`` as the autograd of ``sugar::triton_relu_*`` and
+  ``sugar::reference_relu_*``;
 - every backend inside torch.func transforms (grad, vjp, jacrev, vmap): PyTorch refuses a C++
   ``torch::autograd::Function`` there, and these are ``setup_context`` style with vmap rules;
 - the in-place code mode of the backends without C++ autograd (``InplaceCodes``).
@@ -231,11 +231,11 @@ def register_autograd(prefix: str) -> None:
 
 def sugar_relu(x, surrogate, alpha, region, backend):
     """Exact mode through ``backend``'s ops (a ``backends.Backend``) with this module's autograd."""
-    return _Forward.apply(x, surrogate, alpha, region, backend.plain_forward, backend.backward)
+    return _Forward.apply(x, surrogate, alpha, region, backend.forward, backend.backward)
 
 
 def sugar_relu_codes(x, tables, bits, inplace, backend):
     """A code mode; in place as the functional op plus ``x.copy_``, as under torch.compile."""
-    forward_op, backward_op = backend.plain_forward_codes, backend.backward_codes
+    forward_op, backward_op = backend.forward_codes, backend.backward_codes
     y = _ForwardCodes.apply(x, *tables, bits, forward_op, backward_op)[0]
     return x.copy_(y) if inplace else y

@@ -1,14 +1,16 @@
 """Pure-PyTorch SUGAR: the paper's formula (the oracle) and the "reference" backend's ops.
 
-Their autograd is the torch.func path's (``python_autograd.py``): one Python backward rule.
+The backend is an op family like the Triton one (so torch.export and torch.compile keep its
+backward): ``sugar::reference_relu_*``, with the schemas and fake kernels of ``sugar::relu_*``
+and the Python backward rule of ``python_autograd.py``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._ops import define_op_family
 from .code_tables import decode_reference, encode_reference
-from .python_autograd import _Forward, _ForwardCodes
 from .surrogates import SURROGATES, grad_factor, surrogate_function
 
 
@@ -30,51 +32,41 @@ def paper_formula(
     return s - s.detach() + torch.relu(x).detach()
 
 
-def reference_backward(
-    grad_y: torch.Tensor, x: torch.Tensor, surrogate: str, alpha: float, region: str
-) -> torch.Tensor:
-    """grad_x = grad_y * g(x), g evaluated in float64 and rounded once to x's dtype."""
-    g = grad_factor(x.to(torch.float64), surrogate, alpha, region)
-    return (grad_y.to(torch.float64) * g).to(x.dtype)
-
-
-def relu_forward(x, surrogate, alpha, region):
-    """The reference forward op: torch.relu (the arguments are the op schema's)."""
+# ---- the "reference" backend: the ops sugar::reference_relu_* (schemas of sugar::relu_*) --------
+# Outputs are laid out as the fake kernels say (``_ops.FAKES``), as every backend's are.
+def _relu_forward(x, surrogate, alpha, region):
     return torch.relu(x)
 
 
-# ---- code modes -------------------------------------------------------------------------------
-def reference_forward_codes_(x, levels, thresholds, interval_codes, search, bits):
-    """In-place reference: codes of x (as the kernels compute them), then x <- relu(x).
+def _relu_backward(grad_y, x, surrogate, alpha, region):
+    """grad_x = grad_y * g(x), g evaluated in float64 and rounded once to x's dtype."""
+    g = grad_factor(x.to(torch.float64), surrogate, alpha, region)
+    return torch.empty_like(x).copy_(grad_y.to(torch.float64) * g)
 
-    ``search`` (the kernels' lookup accelerator) is accepted for a uniform signature, not needed.
-    """
+
+def _relu_forward_codes(x, levels, thresholds, interval_codes, search, bits):
+    """relu(x) and the codes of x as the kernels compute them (``search``, the kernels' lookup
+    accelerator, is not needed here)."""
+    return torch.relu(x), encode_reference(x, thresholds, interval_codes, bits)
+
+
+def _relu_forward_codes_(x, levels, thresholds, interval_codes, search, bits):
     codes = encode_reference(x, thresholds, interval_codes, bits)
     x.copy_(torch.relu(x))
     return codes
 
 
-def reference_backward_codes(grad_y, codes, levels, bits):
-    return decode_reference(grad_y, codes, levels, bits)
+def _relu_backward_codes(grad_y, codes, levels, bits):
+    return decode_reference(grad_y, codes, levels, bits).contiguous()
 
 
-def relu_forward_codes(x, levels, thresholds, interval_codes, search, bits):
-    return torch.relu(x), encode_reference(x, thresholds, interval_codes, bits)
-
-
-class ReferenceSugarReLU(_Forward):
-    """The "reference" backend in exact mode (named so that its grad_fn says so)."""
-
-
-class ReferenceCodes(_ForwardCodes):
-    """The "reference" backend in a code mode."""
-
-
-def sugar_relu(x, surrogate, alpha, region):
-    return ReferenceSugarReLU.apply(x, surrogate, alpha, region, relu_forward, reference_backward)
-
-
-def sugar_relu_codes(x, *tables_and_bits):
-    """``(relu(x), codes)``, differentiable (the arguments of the code forward op)."""
-    forward, backward = relu_forward_codes, reference_backward_codes
-    return ReferenceCodes.apply(x, *tables_and_bits, forward, backward)
+define_op_family(
+    "reference_",
+    {
+        "relu_forward": _relu_forward,
+        "relu_backward": _relu_backward,
+        "relu_forward_codes": _relu_forward_codes,
+        "relu_forward_codes_": _relu_forward_codes_,
+        "relu_backward_codes": _relu_backward_codes,
+    },
+)

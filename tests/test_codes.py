@@ -20,6 +20,7 @@ CONFIGS = [
 ]
 COMPILED = sk.build_info()["cpu_compiled"]
 needs_cpu_kernels = pytest.mark.skipif(not COMPILED, reason="C++ CPU kernels not built")
+CODE_OPS = ("relu_forward_codes", "relu_forward_codes_", "relu_backward_codes")
 
 
 def _alpha(name):
@@ -238,23 +239,19 @@ def test_op_input_checks():
 
 
 # ---- torch.library / torch.compile --------------------------------------------------------------
-@needs_cpu_kernels
+@pytest.mark.parametrize("prefix", [pytest.param("", marks=needs_cpu_kernels), "reference_"])
 @pytest.mark.parametrize("bits", [8, 2])
-def test_opcheck_code_ops(bits):
+def test_opcheck_code_ops(bits, prefix):
+    ops = [getattr(torch.ops.sugar, prefix + name) for name in CODE_OPS]
+    forward, forward_, backward = ops
     for x in (torch.randn(37), torch.randn(3, 5, 4).transpose(0, 2)):
         levels, thr, icodes = C.tables("bsilu", 1.67, "all", bits, x.device, x.dtype)
         search = C.search_table("bsilu", 1.67, "all", bits, x.device, x.dtype)
         xr = x.clone().requires_grad_()
-        torch.library.opcheck(
-            torch.ops.sugar.relu_forward_codes, (xr, levels, thr, icodes, search, bits)
-        )
-        torch.library.opcheck(
-            torch.ops.sugar.relu_forward_codes_, (x.clone(), levels, thr, icodes, search, bits)
-        )
-        codes = torch.ops.sugar.relu_forward_codes(x, levels, thr, icodes, search, bits)[1]
-        torch.library.opcheck(
-            torch.ops.sugar.relu_backward_codes, (torch.randn_like(x), codes, levels, bits)
-        )
+        torch.library.opcheck(forward, (xr, levels, thr, icodes, search, bits))
+        torch.library.opcheck(forward_, (x.clone(), levels, thr, icodes, search, bits))
+        codes = forward(x, levels, thr, icodes, search, bits)[1]
+        torch.library.opcheck(backward, (torch.randn_like(x), codes, levels, bits))
 
 
 @needs_cpu_kernels

@@ -1,7 +1,7 @@
-"""torch.library.opcheck on the compiled ops and torch.compile(fullgraph=True) on CPU.
+"""torch.library.opcheck on the compiled ops (and the reference backend's op family, which
+shares their schemas, fake kernels and autograd rule) and torch.compile(fullgraph=True) on CPU.
 
-Both need the compiled CPU kernel (the reference backend is a plain autograd.Function, not a
-custom op); without it the tests skip with the reason.
+They need the compiled CPU kernel; without it the tests skip with the reason.
 """
 
 from __future__ import annotations
@@ -40,28 +40,30 @@ def _case_id(case):
     return f"{str(dtype).removeprefix('torch.')}-{surrogate}-{region}"
 
 
+@pytest.mark.parametrize("prefix", ["", "reference_"])
 @pytest.mark.parametrize(
     "dtype, surrogate, alpha, region", OPCHECK_CASES, ids=[_case_id(c) for c in OPCHECK_CASES]
 )
-def test_opcheck_relu_forward(dtype, surrogate, alpha, region):
+def test_opcheck_relu_forward(dtype, surrogate, alpha, region, prefix):
     for name, x in _opcheck_samples(dtype):
         # requires_grad=True: also runs test_autograd_registration and traces the backward
         args = (x.detach().clone().requires_grad_(), surrogate, alpha, region)
         try:
-            torch.library.opcheck(torch.ops.sugar.relu_forward.default, args)
+            torch.library.opcheck(getattr(torch.ops.sugar, prefix + "relu_forward"), args)
         except Exception as exc:
             raise AssertionError(f"opcheck relu_forward failed on {name}: {exc}") from exc
 
 
+@pytest.mark.parametrize("prefix", ["", "reference_"])
 @pytest.mark.parametrize(
     "dtype, surrogate, alpha, region", OPCHECK_CASES, ids=[_case_id(c) for c in OPCHECK_CASES]
 )
-def test_opcheck_relu_backward(dtype, surrogate, alpha, region):
+def test_opcheck_relu_backward(dtype, surrogate, alpha, region, prefix):
     for name, x in _opcheck_samples(dtype):
         grad_y = torch.randn(x.shape, dtype=torch.float64).to(dtype)
         args = (grad_y, x, surrogate, alpha, region)
         try:
-            torch.library.opcheck(torch.ops.sugar.relu_backward.default, args)
+            torch.library.opcheck(getattr(torch.ops.sugar, prefix + "relu_backward"), args)
         except Exception as exc:
             raise AssertionError(f"opcheck relu_backward failed on {name}: {exc}") from exc
 

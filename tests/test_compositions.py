@@ -178,10 +178,7 @@ _BACKENDS = {"cpu": ("auto", "auto", "reference"), "cuda": ("auto", "triton")}
 
 def _backend(way: str, device: str) -> str:
     rotation = _BACKENDS[device]
-    backend = rotation[list(WAYS).index(way) % len(rotation)]
-    # torch.export cannot trace the reference backend's table constants (it raises, naming a
-    # lifted tensor): the reference is an oracle, not a deployment path.
-    return "auto" if backend == "reference" and WAYS[way][2] == "export" else backend
+    return rotation[list(WAYS).index(way) % len(rotation)]
 
 
 @contextlib.contextmanager
@@ -258,6 +255,22 @@ def test_export_keeps_one_inplace_op():
     graph = str(torch.export.export(_init(act), (_data(),)).graph)
     assert graph.count("sugar.relu_forward_codes_.default") == 1, graph
     assert "sugar.relu_forward_codes.default" not in graph, graph
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_exported_program_trains_like_eager(backend):
+    """The module of a torch.export'ed program, run eagerly (no compile), keeps every mode's
+    surrogate gradient: each backend's ops reach the program with their autograd."""
+    model = _init(Zoo(_modes("bits8"), backend=backend))
+    x = _data(seq=3)
+    exported = torch.export.export(model, (x,)).module()
+    results = []
+    for module in (model, exported):
+        out_and_input_grad = _run(module, x)
+        grads = dict(module.named_parameters())  # same names, maybe another order
+        results.append([*out_and_input_grad[:1], out_and_input_grad[-1]])
+        results[-1] += [grads[name].grad for name in sorted(grads)]
+    assert _rel_err(results[1], results[0]) <= 1e-12
 
 
 # ---------------------------------------------------------------------------------------------

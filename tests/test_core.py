@@ -79,13 +79,13 @@ def test_available_backends_consistent_with_build_info():
 
 @pytest.mark.skipif(not sk.build_info()["cpu_compiled"], reason="CPU kernel not compiled")
 def test_cpu_backend_runs_compiled_op():
-    """backend="cpu" and "auto" go through torch.ops.sugar, not the reference autograd.Function."""
+    """backend="cpu" and "auto" go through the compiled op, not the reference op."""
     x = torch.randn(8, requires_grad=True)
     for backend in ("cpu", "auto"):
         y = sk.sugar_relu(x, backend=backend)
-        assert "Reference" not in type(y.grad_fn).__name__, type(y.grad_fn).__name__
+        assert "reference" not in type(y.grad_fn).__name__.lower(), type(y.grad_fn).__name__
     y_ref = sk.sugar_relu(x, backend="reference")
-    assert "Reference" in type(y_ref.grad_fn).__name__
+    assert "reference" in type(y_ref.grad_fn).__name__.lower()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
