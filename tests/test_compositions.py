@@ -285,9 +285,15 @@ def _dist_model(brk=None):
     """Linear -> activation pairs on (batch, 512) float64, every mode: each 2 MB weight fills a
     1 MB DDP bucket (the smallest DDP's compiled optimizer accepts) by itself, so the compiled
     graph is split after every Linear and activations become inputs of compiled regions. No
-    BatchNorm: per-rank batch statistics would differ from the single-process run's."""
+    BatchNorm: per-rank batch statistics would differ from the single-process run's. Every
+    other activation runs the reference backend (ops whose autograd is the Python rule, as
+    Triton's on GPUs), the rest "auto"."""
     blocks = [
-        nn.Sequential(nn.Linear(DIST_WIDTH, DIST_WIDTH), Act(brk, **m)) for m in _modes("bits4")
+        nn.Sequential(
+            nn.Linear(DIST_WIDTH, DIST_WIDTH),
+            Act(brk, backend="reference" if i % 2 else "auto", **m),
+        )
+        for i, m in enumerate(_modes("bits4"))
     ]
     return _init(nn.Sequential(nn.Linear(12, DIST_WIDTH), *blocks, nn.Linear(DIST_WIDTH, 1)))
 
